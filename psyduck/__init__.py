@@ -1,0 +1,1 @@
+"""PsyDuck: build, train and sample a small GPT from scratch."""
