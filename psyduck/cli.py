@@ -1,0 +1,221 @@
+"""The `psyduck` command: one thin subcommand per module of the Python API.
+
+    psyduck prepare wiki-vital --tokenizer bpe-8192 --out data/wiki-vital
+    psyduck train --preset cpu-small --data data/wiki-vital --out runs/demo [key=value ...]
+    psyduck generate runs/demo --prompt "The world" --max-new-tokens 100
+    psyduck eval runs/demo --json
+    psyduck config --preset seed-60m
+
+Every user mistake ends as one line on stderr ("psyduck: error: ...") and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from psyduck.errors import PsyDuckError
+
+# flag -> config key: the common training knobs; anything else is `key=value`
+TRAIN_FLAGS = {
+    "max_iters": ("train.max_iters", int),
+    "eval_interval": ("train.eval_interval", int),
+    "eval_iters": ("train.eval_iters", int),
+    "batch_size": ("train.batch_size", int),
+    "grad_accum": ("train.grad_accum", int),
+    "lr": ("train.lr", float),
+    "block_size": ("model.block_size", int),
+    "device": ("train.device", str),
+    "dtype": ("train.dtype", str),
+    "max_seconds": ("train.max_seconds", float),
+    "seed": ("train.seed", int),
+    "data": ("data.path", str),
+}
+
+
+def build_config(args: argparse.Namespace):
+    """Preset (or a resumed run's saved config), then --config TOML, then flags, then key=value."""
+    from psyduck.checkpoint import read_run_config
+    from psyduck.config import apply_overrides, get_preset, load_toml
+
+    if args.resume and args.out and (Path(args.out) / "config.json").exists() and not args.preset:
+        cfg = read_run_config(args.out)
+    else:
+        cfg = get_preset(args.preset or "cpu-small")
+    if args.config:
+        cfg = load_toml(args.config, base=cfg)
+    flags = {key: getattr(args, name) for name, (key, _) in TRAIN_FLAGS.items() if getattr(args, name) is not None}
+    if args.compile:
+        flags["train.compile"] = True
+    cfg = apply_overrides(cfg, flags)
+    return apply_overrides(cfg, list(args.overrides))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from psyduck.data.prepare import prepare
+
+    out = args.out or f"data/{args.source}" + ("" if args.tokenizer.startswith("bpe") else f"-{args.tokenizer.split('_')[0]}")
+    folder = prepare(args.source, args.tokenizer, out, path=args.path, val_fraction=args.val_fraction, seed=args.seed)
+    meta = json.loads((Path(folder) / "meta.json").read_text())
+    s = meta["splits"]
+    print(f"prepared {folder}: {s['train']['tokens']:,} train / {s['val']['tokens']:,} val tokens ({meta['tokenizer']})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from psyduck.train import train
+
+    cfg = build_config(args)
+    result = train(cfg, args.out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
+    print(json.dumps(result))
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from psyduck.checkpoint import load_run
+    from psyduck.hardware import pick_device
+    from psyduck.sampling import check_sampling
+
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    device = pick_device(args.device)
+    model, tok = load_run(args.run, device=device, checkpoint=args.checkpoint)
+    ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]  # no prompt: start a new document
+    x = torch.tensor([ids], device=device)
+    stream = model.generate(
+        x, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed, eot_id=None if args.no_stop else tok.eot_id, stream=True,
+    )
+    sys.stdout.write(args.prompt)
+    new: list[int] = []
+    shown = ""
+    for token in stream:
+        t = int(token[0])
+        if t == tok.eot_id:
+            break
+        new.append(t)
+        text = tok.decode(new)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(text[len(shown) :])
+            sys.stdout.flush()
+            shown = text
+    sys.stdout.write(tok.decode(new)[len(shown) :] + "\n")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from psyduck.checkpoint import load_run, read_run_config
+    from psyduck.data.loader import TokenData
+    from psyduck.evaluate import evaluate
+    from psyduck.hardware import pick_device
+
+    device = pick_device(args.device)
+    cfg = read_run_config(args.run)
+    model, tok = load_run(args.run, device=device, checkpoint=args.checkpoint)
+    data = TokenData(args.data or cfg.data.path)
+    data.check_tokenizer(tok.name)
+    res = evaluate(model, data, args.split, batch_size=args.batch_size, max_batches=args.max_batches)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(
+            f"{args.split}: loss {res['loss']:.4f} nats/token, perplexity {res['perplexity']:.2f}, "
+            f"{res['bits_per_byte']:.4f} bits/byte over {res['tokens']:,} tokens"
+        )
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    from psyduck.config import get_preset, presets
+
+    if args.list:
+        for name, cfg in presets.items():
+            m = cfg.model
+            print(f"{name:10s} d_model {m.d_model}, {m.n_layer} layers, {m.n_head} heads, context {m.block_size}, {cfg.data.tokenizer}")
+        return
+    print(json.dumps(get_preset(args.preset).to_dict(), indent=2))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="psyduck", description="Build, train and sample a small GPT from scratch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="tokenize a corpus into token shards")
+    s.add_argument("source", help="wiki-vital (embedded), a .txt file, or a folder of text files")
+    s.add_argument("--tokenizer", default="bpe-8192", help="cl100k_base or bpe-<vocab size> (default bpe-8192)")
+    s.add_argument("--out", help="output folder (default data/<source>)")
+    s.add_argument("--path", help="where the source's files are, for sources that read local files")
+    s.add_argument("--val-fraction", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=1337)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model into a run folder")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. model.n_layer=4 lr=1e-3")
+    s.add_argument("--preset", help="seed-60m, cpu-small (default), tiny, gpt2-124m")
+    s.add_argument("--config", help="a TOML file with [model], [data], [train] tables")
+    s.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    s.add_argument("--init-from", help="start from another run's weights (fresh optimizer and schedule)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, (_, typ) in TRAIN_FLAGS.items():
+        s.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("generate", help="sample text from a trained run")
+    s.add_argument("run")
+    s.add_argument("--prompt", default="")
+    s.add_argument("--max-new-tokens", "--max-new-token", dest="max_new_tokens", type=int, default=100)
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--no-stop", action="store_true", help="keep going past the end-of-text token")
+    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run on held-out data")
+    s.add_argument("run")
+    s.add_argument("--split", default="val")
+    s.add_argument("--data", help="data folder (default: the run's)")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--max-batches", type=int, default=None)
+    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("config", help="show a preset's full configuration")
+    s.add_argument("--preset", default="cpu-small")
+    s.add_argument("--list", action="store_true", help="list the presets")
+    s.set_defaults(func=cmd_config)
+
+    for name in PLUGIN_COMMANDS:  # modules that add their own subcommands: `register(subparsers)`
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name).register(sub)
+    return p
+
+
+# Larger rooms (the HTTP server, exporters) keep their CLI wiring next to their code.
+PLUGIN_COMMANDS = ("psyduck.serve.command", "psyduck.export_command")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except PsyDuckError as e:
+        print(f"psyduck: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("psyduck: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

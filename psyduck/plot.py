@@ -1,0 +1,53 @@
+"""Loss curves: the picture of a training run (the seed's `lcurve.png`).
+
+Two panels: train and val loss against optimizer steps, and against tokens seen (the axis that
+compares runs with different batch sizes fairly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The evaluation records of a metrics.jsonl file (lines that are not complete JSON are skipped)."""
+    rows = []
+    p = Path(path)
+    if not p.is_file():
+        return rows
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written while we read
+    return rows
+
+
+def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
+    """Draw train/val loss from metrics.jsonl into a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(metrics_path) if "val_loss" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
+        for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "val", "-s")):
+            pts = [(r[xkey], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, markersize=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cross-entropy loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    out = Path(out_png)
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

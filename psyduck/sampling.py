@@ -1,0 +1,53 @@
+"""From logits to the next token.
+
+The model gives a score (logit) for every token of the vocabulary; sampling turns them into a choice:
+- temperature divides the logits: below 1 sharpens the distribution (safer, more repetitive text),
+  above 1 flattens it (more surprising text); 0 means always take the most likely token (greedy);
+- top-k keeps only the k most likely tokens;
+- top-p (nucleus sampling, Holtzman et al. 2019, https://arxiv.org/abs/1904.09751) keeps the
+  smallest set of most likely tokens whose probabilities add up to at least p.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from psyduck.errors import PsyDuckError
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse impossible sampling parameters with a one-line message."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise PsyDuckError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if temperature != temperature or temperature < 0:  # NaN or negative
+        raise PsyDuckError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise PsyDuckError(f"top_k must be a positive integer (or omitted), got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise PsyDuckError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,)."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest score
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # tokens entirely beyond the nucleus
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
