@@ -1,0 +1,12 @@
+"""The data pipeline: text -> token shards -> batches.
+
+- `sources`: where text comes from (`iter_documents("wiki-vital")`, your own files via "text").
+- `prepare`: tokenize a source once into train/val shards plus meta.json (`prepare(...)`).
+- `loader`: memory-map those shards and cut them into training and evaluation batches (`TokenData`).
+"""
+
+from psyduck.data.loader import TokenData
+from psyduck.data.prepare import prepare
+from psyduck.data.sources import SOURCES, iter_documents
+
+__all__ = ["SOURCES", "TokenData", "iter_documents", "prepare"]

