@@ -60,8 +60,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     out = args.out or f"data/{args.source}" + ("" if args.tokenizer.startswith("bpe") else f"-{args.tokenizer.split('_')[0]}")
     folder = prepare(args.source, args.tokenizer, out, path=args.path, val_fraction=args.val_fraction, seed=args.seed)
     meta = json.loads((Path(folder) / "meta.json").read_text())
-    s = meta["splits"]
-    print(f"prepared {folder}: {s['train']['tokens']:,} train / {s['val']['tokens']:,} val tokens ({meta['tokenizer']})")
+    counts = " / ".join(f"{s['tokens']:,} {name}" for name, s in meta["splits"].items())
+    print(f"prepared {folder}: {counts} tokens ({meta['tokenizer']})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -115,14 +115,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, tok = load_run(args.run, device=device, checkpoint=args.checkpoint)
     data = TokenData(args.data or cfg.data.path)
     data.check_tokenizer(tok.name)
-    res = evaluate(model, data, args.split, batch_size=args.batch_size, max_batches=args.max_batches)
+    res = evaluate(
+        model, data, args.split, batch_size=args.batch_size, max_batches=args.max_batches, stride=args.stride,
+        word_perplexity=args.word_perplexity,
+    )
     if args.json:
         print(json.dumps(res))
-    else:
-        print(
-            f"{args.split}: loss {res['loss']:.4f} nats/token, perplexity {res['perplexity']:.2f}, "
-            f"{res['bits_per_byte']:.4f} bits/byte over {res['tokens']:,} tokens"
-        )
+        return
+    line = (
+        f"{args.split}: loss {res['loss']:.4f} nats/token, perplexity {res['perplexity']:.2f}, "
+        f"{res['bits_per_byte']:.4f} bits/byte over {res['tokens']:,} tokens"
+    )
+    if "word_perplexity" in res:
+        line += f"; word perplexity {res['word_perplexity']:.2f} over {res['words']:,} words"
+    print(line)
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -140,13 +146,25 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="psyduck", description="Build, train and sample a small GPT from scratch.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("prepare", help="tokenize a corpus into token shards")
-    s.add_argument("source", help="wiki-vital (embedded), a .txt file, or a folder of text files")
+    s = sub.add_parser(
+        "prepare", help="tokenize a corpus into token shards",
+        description="Tokenize a corpus once into token shards (train/val, and test where the corpus has one).",
+    )
+    s.add_argument(
+        "source",
+        help="wiki-vital (embedded); text (your files, --path); sales-textbook (downloaded once into "
+        "~/.cache/psyduck, or --path a copy); wikitext-103 (raw), wikitext-103-v1 (<unk> tokens), "
+        "wikitext-2, wikitext-2-v1 (Hugging Face `datasets`, or --path an offline copy)",
+    )
     s.add_argument("--tokenizer", default="bpe-8192", help="cl100k_base or bpe-<vocab size> (default bpe-8192)")
     s.add_argument("--out", help="output folder (default data/<source>)")
-    s.add_argument("--path", help="where the source's files are, for sources that read local files")
-    s.add_argument("--val-fraction", type=float, default=0.05)
-    s.add_argument("--seed", type=int, default=1337)
+    s.add_argument(
+        "--path",
+        help="local files: for text a file or folder; for sales-textbook sales_textbook.txt; for wikitext "
+        "the original zip (e.g. wikitext-103-raw-v1.zip), its extracted folder, or a folder of the hub's parquet files",
+    )
+    s.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for val (sources without their own split)")
+    s.add_argument("--seed", type=int, default=1337, help="seed of that split")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model into a run folder")
@@ -175,12 +193,27 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_generate)
 
-    s = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run on held-out data")
+    s = sub.add_parser(
+        "eval", help="loss, perplexity and bits per byte of a run on held-out data",
+        description="Loss, perplexity and bits per byte over every token of a split, each predicted once.",
+    )
     s.add_argument("run")
-    s.add_argument("--split", default="val")
+    s.add_argument("--split", default="val", help="val (default), test (WikiText) or train")
     s.add_argument("--data", help="data folder (default: the run's)")
     s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--max-batches", type=int, default=None)
+    s.add_argument("--max-batches", type=int, default=None, help="stop early (an estimate)")
+    s.add_argument(
+        "--stride", type=int, default=None,
+        help="slide the context window by this many tokens (default: the context length, no overlap); "
+        "each window scores only its last STRIDE tokens, so every token still counts once but sees at "
+        "least context-STRIDE tokens before it; costs context/STRIDE times more",
+    )
+    s.add_argument(
+        "--word-perplexity", action="store_true",
+        help="also exp(total NLL / words) for WikiText data, comparable with published WikiText-103 test "
+        "numbers (GPT-2 small zero-shot 37.5, Transformer-XL 24.0); words = whitespace-separated tokens "
+        "of each original line + 1 end-of-line per line (WikiText-103 test: 245,569)",
+    )
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
@@ -207,7 +240,13 @@ PLUGIN_COMMANDS = ("psyduck.serve.command", "psyduck.export_command")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)  # key=value overrides may sit between flags
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "train"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.func(args)
     except PsyDuckError as e:

@@ -77,8 +77,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.3) -> float:
     """FLOP/s of a square matmul on this device, timed for about `seconds`."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    g = torch.Generator(device=device).manual_seed(0)  # leave the global RNG alone (exact resume)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     for _ in range(2):
         a @ b
     sync(device)

@@ -1,0 +1,48 @@
+"""CLI wiring for `psyduck export` and `psyduck import-hf` (psyduck/cli.py calls `register`).
+
+    psyduck export runs/demo --format hf --out exports/demo-hf
+    psyduck export runs/demo --format gguf --out exports/demo.gguf
+    psyduck import-hf path/to/gpt2-folder --out runs/imported
+
+The work lives in psyduck/export.py and psyduck/hf_import.py, imported only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from psyduck.export import export
+
+    out = export(args.run, args.format, args.out, checkpoint=args.checkpoint)
+    print(f"exported {args.run} ({args.format}) -> {out}")
+
+
+def cmd_import_hf(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from psyduck.hf_import import import_hf
+
+    out = args.out or f"runs/{Path(args.folder).resolve().name}"
+    run = import_hf(args.folder, out)
+    print(f"imported {args.folder} -> {run}")
+    print(f"generate: psyduck generate {run} --prompt 'Hello'")
+    print(
+        f"continue training: prepare data with the run's tokenizer ({run}/tokenizer.json) into a folder, then "
+        f"psyduck train --resume --out {run} --data FOLDER"
+    )
+
+
+def register(subparsers) -> None:
+    s = subparsers.add_parser("export", help="write a run as a Hugging Face folder or a GGUF file")
+    s.add_argument("run", help="a run folder written by `psyduck train`")
+    s.add_argument("--format", choices=("hf", "gguf"), default="hf", help="hf (transformers folder, default) or gguf")
+    s.add_argument("--out", help="output folder (hf) or .gguf file (default exports/<run>-hf or exports/<run>.gguf)")
+    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
+    s.set_defaults(func=cmd_export)
+
+    s = subparsers.add_parser("import-hf", help="turn a GPT-2-style transformers folder into a run")
+    s.add_argument("folder", help="a folder with config.json (model_type gpt2), weights and tokenizer.json")
+    s.add_argument("--out", help="run folder to create (default runs/<folder name>)")
+    s.set_defaults(func=cmd_import_hf)

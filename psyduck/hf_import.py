@@ -1,0 +1,234 @@
+"""A GPT-2-style Hugging Face `transformers` folder -> a PsyDuck run you can generate from and keep training.
+
+    psyduck import-hf path/to/gpt2-folder --out runs/imported
+    psyduck generate runs/imported --prompt "Once upon a time"
+    psyduck train --resume --out runs/imported --data data/imported   # data prepared with its tokenizer
+
+GPT-2 *is* one of PsyDuck's architectures: learned positions, pre-norm LayerNorm, GELU (tanh form),
+biases, usually tied embeddings. So the import is a renaming plus one transpose: GPT-2 stores its
+linear layers as `Conv1D`, whose weight is (in, out), where `nn.Linear` keeps (out, in). The fused
+c_attn rows are [all q heads, all k heads, all v heads], the same order as PsyDuck's qkv.
+
+Design choices:
+- Weights are read from model.safetensors (or its shards); a pytorch_model.bin is read with
+  `torch.load(weights_only=True)`, which refuses to run code hidden in the pickle.
+- Models whose math PsyDuck does not share are refused rather than approximated: exact GELU
+  (activation_function "gelu"), attention scaled by layer index, unscaled attention, cross-attention.
+- The run folder gets a full config.json (the model from the folder's config, training defaults, and
+  data.path pointing at data/<run name>, where you would prepare data with this tokenizer), the
+  folder's tokenizer.json, and a step-0 checkpoint with fresh optimizer state, so `psyduck generate`
+  and `psyduck train --resume` both work. The tokenizer must be a byte-level BPE with <|endoftext|>,
+  as GPT-2's is (tokenizer.json, or vocab.json + merges.txt).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psyduck.errors import PsyDuckError
+
+# GELU written with tanh, which is what PsyDuck's activation="gelu" computes
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+ACTIVATIONS = {**{name: "gelu" for name in TANH_GELUS}, "relu": "relu"}
+
+
+def _not_gpt2(folder: Path, why: str) -> PsyDuckError:
+    return PsyDuckError(
+        f"{folder} is not a GPT-2-style transformers checkpoint ({why}); "
+        "import-hf reads folders written by GPT2LMHeadModel.save_pretrained"
+    )
+
+
+def read_hf_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json, checked to be a GPT-2 whose math PsyDuck computes exactly."""
+    if not folder.is_dir():
+        raise PsyDuckError(f"folder not found: {folder}; point import-hf at a transformers model folder")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise _not_gpt2(folder, "no config.json")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise _not_gpt2(folder, f"config.json is not valid JSON: {e}") from None
+    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+        model_type = hf.get("model_type") if isinstance(hf, dict) else None
+        raise _not_gpt2(folder, f"config.json has model_type {model_type!r}, expected 'gpt2'")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ACTIVATIONS:
+        raise PsyDuckError(
+            f"{folder} uses activation_function {act!r}; PsyDuck computes {', '.join(ACTIVATIONS)} exactly, "
+            "so this model cannot be imported without changing its outputs"
+        )
+    for key, bad, what in (
+        ("scale_attn_by_inverse_layer_idx", True, "attention scaled by 1/layer index"),
+        ("scale_attn_weights", False, "unscaled attention scores"),
+        ("add_cross_attention", True, "cross-attention layers"),
+    ):
+        if hf.get(key, not bad) == bad:
+            raise PsyDuckError(f"{folder} uses {what} ({key}={bad}), which PsyDuck's GPT does not have")
+    return hf
+
+
+def model_config_from_hf(hf: dict[str, Any]):
+    """A PsyDuck ModelConfig computing the same function as this GPT-2 config."""
+    from psyduck.config import ModelConfig
+
+    return ModelConfig(
+        vocab_size=int(hf.get("vocab_size", 50257)),
+        block_size=int(hf.get("n_positions", hf.get("n_ctx", 1024))),
+        d_model=int(hf.get("n_embd", 768)),
+        n_layer=int(hf.get("n_layer", 12)),
+        n_head=int(hf.get("n_head", 12)),
+        d_ff=int(hf.get("n_inner") or 0),  # None in GPT-2 means 4 * n_embd, PsyDuck's 0 too
+        dropout=float(hf.get("resid_pdrop", 0.1)),
+        pos="learned",
+        norm="layernorm",
+        activation=ACTIVATIONS[hf.get("activation_function", "gelu_new")],
+        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+        bias=True,
+        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
+    )
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of the folder: model.safetensors (or shards), else pytorch_model.bin (or shards)."""
+    from safetensors.torch import load_file
+
+    for single, index, load in (
+        ("model.safetensors", "model.safetensors.index.json", lambda p: load_file(str(p))),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json",
+         lambda p: torch.load(p, map_location="cpu", weights_only=True)),
+    ):
+        files = []
+        if (folder / single).is_file():
+            files = [folder / single]
+        elif (folder / index).is_file():
+            weight_map = json.loads((folder / index).read_text(encoding="utf-8")).get("weight_map", {})
+            files = [folder / name for name in sorted(set(weight_map.values()))]
+        if files:
+            state: dict[str, torch.Tensor] = {}
+            for f in files:
+                try:
+                    state.update(load(f))
+                except Exception as e:  # safetensors, pickle and zip errors have no common base
+                    raise PsyDuckError(f"cannot read weights {f} ({type(e).__name__}: {str(e)[:120]}); the file is damaged") from None
+            return state
+    raise _not_gpt2(folder, "no model.safetensors or pytorch_model.bin")
+
+
+def psyduck_state(hf_state: dict[str, torch.Tensor], cfg, folder: Path) -> dict[str, torch.Tensor]:
+    """GPT-2 tensor names and layouts -> PsyDuck's (Conv1D (in, out) weights transposed to (out, in))."""
+    state = {}
+    for name, t in hf_state.items():
+        name = name.removeprefix("transformer.")
+        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old checkpoints
+            continue
+        state[name] = t
+    out: dict[str, torch.Tensor] = {}
+
+    def take(name: str, transpose: bool = False) -> torch.Tensor:
+        if name not in state:
+            raise _not_gpt2(folder, f"weight {name} is missing")
+        t = state[name].to(torch.float32)
+        return t.t().contiguous() if transpose else t.contiguous()
+
+    out["tok_emb.weight"] = take("wte.weight")
+    out["pos_emb.weight"] = take("wpe.weight")
+    for i in range(cfg.n_layer):
+        h, b = f"h.{i}.", f"blocks.{i}."
+        for hf_name, ours, transpose in (
+            ("ln_1", "norm1", False), ("attn.c_attn", "attn.qkv", True), ("attn.c_proj", "attn.proj", True),
+            ("ln_2", "norm2", False), ("mlp.c_fc", "ffn.up", True), ("mlp.c_proj", "ffn.down", True),
+        ):
+            out[f"{b}{ours}.weight"] = take(f"{h}{hf_name}.weight", transpose)
+            out[f"{b}{ours}.bias"] = take(f"{h}{hf_name}.bias")
+    out["norm.weight"] = take("ln_f.weight")
+    out["norm.bias"] = take("ln_f.bias")
+    if cfg.tie_embeddings:
+        out["lm_head.weight"] = out["tok_emb.weight"]
+    else:
+        if "lm_head.weight" not in state:
+            raise _not_gpt2(folder, "tie_word_embeddings is false but lm_head.weight is missing")
+        out["lm_head.weight"] = state["lm_head.weight"].to(torch.float32).contiguous()
+        out["lm_head.bias"] = torch.zeros(cfg.vocab_size)  # PsyDuck's untied head has a bias; GPT-2's is none
+    return out
+
+
+def read_hf_tokenizer(folder: Path):
+    """The folder's byte-level BPE as a PsyDuck Tokenizer (tokenizer.json, or vocab.json + merges.txt)."""
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from psyduck.tokenizer import EOT, _from_hf
+
+    if (folder / "tokenizer.json").is_file():
+        try:
+            hf = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as e:  # the Rust side raises plain Exception
+            raise PsyDuckError(f"{folder}/tokenizer.json is not a tokenizers file ({str(e)[:120]})") from None
+    elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        hf = tokenizers.Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        if hf.token_to_id(EOT) is not None:
+            hf.add_special_tokens([tokenizers.AddedToken(EOT, special=True, normalized=False)])
+    else:
+        raise PsyDuckError(f"{folder} has no tokenizer.json (nor vocab.json + merges.txt); save the tokenizer with the model")
+    if hf.token_to_id(EOT) is None:
+        raise PsyDuckError(f"the tokenizer in {folder} has no {EOT} token; import-hf needs a GPT-2-style byte-level BPE")
+    return _from_hf(hf)
+
+
+def import_hf(folder: str | Path, out: str | Path) -> Path:
+    """Turn a GPT-2-style `transformers` folder into the PsyDuck run folder `out`; returns `out`."""
+    from psyduck.checkpoint import list_checkpoints, load_weights, save_checkpoint, write_json_atomic
+    from psyduck.config import Config, DataConfig, TrainConfig
+    from psyduck.model import GPT
+
+    folder, out = Path(folder), Path(out)
+    hf = read_hf_config(folder)
+    mcfg = model_config_from_hf(hf)
+    hf_state = read_hf_weights(folder)
+    state = psyduck_state(hf_state, mcfg, folder)
+    tok = read_hf_tokenizer(folder)
+    if tok.vocab_size > mcfg.vocab_size:
+        raise PsyDuckError(
+            f"the tokenizer in {folder} has {tok.vocab_size} tokens but the model only {mcfg.vocab_size} "
+            "embedding rows; the folder's tokenizer does not belong to its model"
+        )
+    if out.exists() and not out.is_dir():
+        raise PsyDuckError(f"--out {out} is a file; choose a folder name for the run")
+    if list_checkpoints(out) or (out / "config.json").exists():
+        raise PsyDuckError(f"{out} already holds a run; choose another --out")
+
+    cfg = Config(
+        model=mcfg,
+        data=DataConfig(path=f"data/{out.name}", source="wiki-vital", tokenizer=tok.name),
+        train=TrainConfig(),
+    )
+    model = GPT(mcfg)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".import-weights.safetensors"
+    from safetensors.torch import save_file
+
+    try:  # load through the normal path: a mismatch gives the usual clear error
+        save_file({k: v for k, v in state.items() if not (mcfg.tie_embeddings and k == "lm_head.weight")}, str(tmp))
+        load_weights(model, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    write_json_atomic(out / "config.json", cfg.to_dict())
+    tok.save(out)
+    rng = {  # what `train --resume` restores: a fresh start of the random streams
+        "rng.torch": torch.get_rng_state(),
+        "rng.batch": torch.Generator().manual_seed(cfg.train.seed).get_state(),
+    }
+    save_checkpoint(
+        out, 0, model, None,
+        {"tokens_seen": 0, "val_loss": None, "best_val": None, "reason": "import-hf", "source": str(folder)},
+        extra_tensors=rng,
+    )
+    return out

@@ -1,0 +1,187 @@
+"""The model's behaviour: both attention paths agree, the KV cache changes nothing, sizes are right."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psyduck import GPT, ModelConfig, PsyDuckError, presets
+from psyduck.sampling import sample_next
+
+VARIANTS = [
+    dict(pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=False, bias=True),
+    dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True),
+    dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=False, bias=False, n_kv_head=2),
+    dict(pos="rope", norm="layernorm", activation="gelu", tie_embeddings=True, bias=False, n_kv_head=1),
+]
+
+
+def small(**kw) -> ModelConfig:
+    base = dict(vocab_size=97, block_size=16, d_model=32, n_layer=2, n_head=4, dropout=0.0)
+    return ModelConfig(**{**base, **kw})
+
+
+def pair(cfg: ModelConfig) -> tuple[GPT, GPT]:
+    """The same weights in a fast-path and a teaching-path model."""
+    torch.manual_seed(0)
+    fast = GPT(cfg).eval()
+    teach = GPT(dataclasses.replace(cfg, attention="teaching")).eval()
+    teach.load_state_dict(fast.state_dict())
+    return fast, teach
+
+
+def recompute_greedy(model: GPT, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """The seed's generation: re-run the whole (cropped) context for every new token."""
+    bs = model.config.block_size
+    for _ in range(n):
+        logits, _ = model(idx[:, -bs:])
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['pos']}-{v['activation']}")
+def test_teaching_and_fast_attention_agree(variant):
+    fast, teach = pair(small(**variant))
+    idx = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(1))
+    targets = torch.randint(0, 97, (3, 16), generator=torch.Generator().manual_seed(2))
+    lf, loss_f = fast(idx, targets)
+    lt, loss_t = teach(idx, targets)
+    torch.testing.assert_close(lf, lt, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_f, loss_t, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['pos']}-{v['activation']}")
+@pytest.mark.parametrize("attention", ["fast", "teaching"])
+def test_kv_cache_greedy_equals_recompute(variant, attention):
+    torch.manual_seed(0)
+    model = GPT(small(attention=attention, **variant)).eval()
+    prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(3))
+    n = model.config.block_size - prompt.shape[1] + 1  # fill the window exactly
+    cached = model.generate(prompt, max_new_tokens=n, temperature=0)
+    assert torch.equal(cached, recompute_greedy(model, prompt, n))
+
+
+def test_loss_without_logits_equals_full_loss():
+    torch.manual_seed(0)
+    model = GPT(small(**VARIANTS[0])).eval()
+    idx = torch.randint(0, 97, (2, 16))
+    y = torch.randint(0, 97, (2, 16))
+    y[0, :3] = -1
+    logits, full = model(idx, y)
+    none, fused = model(idx, y, return_logits=False)
+    assert none is None
+    torch.testing.assert_close(full, fused, atol=1e-5, rtol=1e-5)
+
+
+def test_seed_60m_has_60_9m_parameters():
+    model = GPT(presets["seed-60m"].model)
+    assert model.config.vocab_size == 100_277
+    assert abs(model.num_params() - 60.9e6) / 60.9e6 < 0.01
+
+
+def test_seed_forward_signature_and_shapes():
+    model = GPT(small())
+    idx = torch.randint(0, 97, (2, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (2, 10, 97) and loss is None
+    logits, loss = model(idx, idx)
+    assert loss.ndim == 0
+
+
+def test_generation_crops_long_prompts_and_keeps_going_past_the_window():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    prompt = torch.randint(0, 97, (1, 40))  # longer than block_size 16
+    out = model.generate(prompt, max_new_tokens=50, temperature=0)
+    assert out.shape == (1, 90)
+    assert torch.equal(out[:, :40], prompt)
+    # the first new token sees exactly the last 16 prompt tokens, as the seed's crop does
+    assert torch.equal(out[:, 40:41], recompute_greedy(model, prompt[:, -16:], 1)[:, -1:])
+
+
+def test_seed_spelling_max_new_token_and_streaming():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    x = torch.tensor([[1, 2, 3]])
+    a = model.generate(x, max_new_token=7, temperature=0.7, top_k=50, seed=5)
+    b = model.generate(x, max_new_tokens=7, temperature=0.7, top_k=50, seed=5)
+    assert a.shape == (1, 10) and torch.equal(a, b)
+    streamed = list(model.generate(x, max_new_tokens=7, temperature=0.7, top_k=50, seed=5, stream=True))
+    assert len(streamed) == 7 and all(t.shape == (1,) for t in streamed)
+    assert torch.equal(torch.cat(streamed), a[0, 3:])
+
+
+def test_same_seed_same_sample_and_different_seed_differs():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    x = torch.tensor([[5]])
+    s1 = model.generate(x, 30, temperature=1.0, seed=1)
+    s2 = model.generate(x, 30, temperature=1.0, seed=1)
+    s3 = model.generate(x, 30, temperature=1.0, seed=2)
+    assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+
+
+def test_generation_stops_at_end_of_text():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    with torch.no_grad():
+        model.lm_head.bias.fill_(-100.0)
+        model.lm_head.bias[7] = 100.0  # token 7 always wins
+    out = model.generate(torch.tensor([[1, 2]]), max_new_tokens=20, temperature=1.0, eot_id=7)
+    assert out.tolist() == [[1, 2, 7]]
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    greedy = logits.argmax(-1)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next(logits, 1.0, top_k=1, generator=g), greedy)
+    assert torch.equal(sample_next(logits, 1.0, top_p=1e-6, generator=g), greedy)
+    assert torch.equal(sample_next(logits, 0.0), greedy)
+
+
+@settings(max_examples=30, deadline=None)
+@given(k=st.integers(1, 20), p=st.floats(0.05, 1.0), seed=st.integers(0, 10_000))
+def test_sampled_tokens_respect_top_k_and_top_p(k, p, seed):
+    logits = torch.randn(3, 20, generator=torch.Generator().manual_seed(seed))
+    tok = sample_next(logits, 1.0, top_k=k, top_p=p, generator=torch.Generator().manual_seed(seed))
+    ranks = (logits > logits.gather(1, tok[:, None])).sum(-1)  # how many tokens beat the chosen one
+    assert (ranks < k).all()
+    probs = torch.softmax(torch.topk(logits, k).values, -1)
+    before = torch.stack([probs[i, : ranks[i]].sum() for i in range(3)])
+    assert (before < p + 1e-6).all()  # the chosen token is inside the nucleus
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), "temperature must be >= 0 (0 means greedy), got -1.0"),
+        (dict(top_k=0), "top_k must be a positive integer (or omitted), got 0"),
+        (dict(top_p=0.0), "top_p must be in (0, 1], got 0.0"),
+        (dict(top_p=1.5), "top_p must be in (0, 1], got 1.5"),
+        (dict(max_new_tokens=-3), "max_new_tokens must be a non-negative integer, got -3"),
+    ],
+)
+def test_impossible_sampling_parameters_are_refused(kwargs, message):
+    model = GPT(small())
+    with pytest.raises(PsyDuckError) as e:
+        model.generate(torch.tensor([[1]]), **{"max_new_tokens": 5, **kwargs})
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(pos="alibi"), "model.pos='alibi' is not one of sinusoidal, learned, rope; pick one of them"),
+        (dict(d_model=30), "model.d_model=30 is not divisible by model.n_head=4; choose a head count that divides the width"),
+        (dict(n_kv_head=3), "model.n_kv_head=3 must divide model.n_head=4 (each key/value head serves a whole group of query heads)"),
+    ],
+)
+def test_bad_model_configs_are_refused(kw, message):
+    with pytest.raises(PsyDuckError) as e:
+        small(**kw)
+    assert str(e.value) == message

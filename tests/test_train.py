@@ -1,0 +1,195 @@
+"""Training: the loss falls, runs save and load exactly, and resume continues where a run stopped."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from psyduck import GPT, PsyDuckError, load_run
+from psyduck.checkpoint import list_checkpoints, load_weights, save_checkpoint
+from psyduck.config import TrainConfig
+from psyduck.data.loader import TokenData
+from psyduck.train import Trainer, lr_at, train
+
+from conftest import metrics
+
+
+def test_loss_falls_and_run_folder_is_complete(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_cfg.replace({"max_iters": 60, "eval_interval": 20})
+    result = train(cfg, run, progress=False)
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [0, 20, 40, 60]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.5
+    assert result["step"] == 60 and result["val_loss"] == rows[-1]["val_loss"]
+    for name in ("config.json", "tokenizer.json", "metrics.jsonl", "loss_curve.png", "samples.txt"):
+        assert (run / name).is_file(), name
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = list_checkpoints(run)[-1]
+    assert ckpt.name == "step_0000060"
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "optimizer.safetensors", "state.json"}
+    assert "--- step 60" in (run / "samples.txt").read_text()
+    assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == 512
+
+
+def test_save_then_load_gives_identical_logits(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_cfg.replace({"max_iters": 3}), run, progress=False)
+    trainer.run()
+    model, tok = load_run(run)
+    trainer.model.eval()
+    idx = torch.tensor([tok.encode("The history of the world")])
+    assert torch.equal(model(idx)[0], trainer.model(idx)[0])
+
+
+def test_resume_continues_step_count_and_metrics(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg.replace({"max_iters": 20}), run, progress=False)
+    train(tiny_cfg.replace({"max_iters": 40}), run, resume=True, progress=False)
+    assert [r["step"] for r in metrics(run)] == [0, 10, 20, 30, 40]
+    assert list_checkpoints(run)[-1].name == "step_0000040"
+
+
+def test_interrupted_then_resumed_run_matches_uninterrupted_run_exactly(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace({"max_iters": 30, "model.dropout": 0.1})  # dropout: the torch RNG must resume too
+    train(cfg, tmp_path / "straight", progress=False)
+    trainer = Trainer(cfg, tmp_path / "split", progress=False)
+    interrupt_after(trainer, step=13, signal_name="SIGINT")  # between two evaluations
+    trainer.run()
+    assert list_checkpoints(tmp_path / "split")[-1].name == "step_0000013"
+    train(None, tmp_path / "split", resume=True, progress=False)
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
+    assert [(r["step"], r["train_loss"], r["val_loss"]) for r in a] == [(r["step"], r["train_loss"], r["val_loss"]) for r in b]
+
+
+def interrupt_after(trainer: Trainer, step: int, signal_name: str) -> None:
+    """Raise the stop flag once `step` optimizer steps are done, as the signal handler does."""
+    original = trainer.train_step
+
+    def step_then_maybe_stop():
+        loss = original()
+        if trainer.step == step:
+            trainer.stop_signal = signal_name
+        return loss
+
+    trainer.train_step = step_then_maybe_stop
+
+
+def test_starting_over_an_existing_run_is_refused(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg.replace({"max_iters": 2}), run, progress=False)
+    with pytest.raises(PsyDuckError) as e:
+        train(tiny_cfg, run, progress=False)
+    assert str(e.value) == f"{run} already holds a run; pass --resume to continue it or choose another --out"
+
+
+def test_learning_rate_schedules():
+    t = TrainConfig(lr=1.0, min_lr=0.1, schedule="cosine", warmup_iters=10, max_iters=110)
+    assert lr_at(0, t) == pytest.approx(0.1)
+    assert lr_at(9, t) == pytest.approx(1.0)
+    assert lr_at(60, t) == pytest.approx(0.55)
+    assert lr_at(110, t) == pytest.approx(0.1)
+    assert lr_at(5, TrainConfig(lr=3e-4)) == 3e-4  # the seed: constant
+
+
+def test_weight_decay_only_on_matrices(tiny_cfg, tmp_path):
+    trainer = Trainer(tiny_cfg, tmp_path / "run", progress=False)
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+
+
+def test_gradient_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
+    """grad_accum=2 with batch 4 takes the same step as batch 8 (the same 8 windows)."""
+    a = Trainer(tiny_cfg.replace({"batch_size": 8, "grad_accum": 1, "max_iters": 1}), tmp_path / "a", progress=False)
+    b = Trainer(tiny_cfg.replace({"batch_size": 4, "grad_accum": 2, "max_iters": 1}), tmp_path / "b", progress=False)
+    la, lb = a.train_step(), b.train_step()
+    assert la == pytest.approx(lb, rel=1e-5)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-4)
+
+
+def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_cfg.replace({"max_iters": 30}), run, progress=False)
+    poison_at(trainer, step=13)
+    with pytest.raises(PsyDuckError) as e:
+        trainer.run()
+    last = list_checkpoints(run)[-1]
+    assert str(e.value) == (
+        f"loss became nan at step 14; last good checkpoint: {last}; lower --lr or resume with on_nan=skip"
+    )
+    assert last.name == "step_0000010"
+    model = GPT(trainer.cfg.model)
+    load_weights(model, last / "model.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_loss_is_skipped_when_asked(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_cfg.replace({"max_iters": 20, "on_nan": "skip"}), run, progress=False)
+    poison_at(trainer, step=13)
+    trainer.run()
+    rows = metrics(run)
+    assert rows[-1]["step"] == 20 and math.isfinite(rows[-1]["val_loss"])
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def poison_at(trainer: Trainer, step: int) -> None:
+    """Make the loss NaN at one optimizer step (as a blow-up would)."""
+    net = trainer.net
+
+    class Poisoned(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x, y, return_logits=True):
+            logits, loss = self.inner(x, y, return_logits=return_logits)
+            return logits, loss * float("nan") if trainer.step == step else loss
+
+    trainer.net = Poisoned()
+
+
+def test_checkpoint_of_compiled_model_loads_uncompiled(tiny_cfg, tmp_path):
+    torch.manual_seed(0)
+    model = GPT(tiny_cfg.model)
+    compiled = torch.compile(model, backend="eager")  # same wrapper and key prefixes as inductor
+    assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    ckpt = save_checkpoint(tmp_path, 1, compiled, None, {})
+    plain = GPT(tiny_cfg.model)
+    load_weights(plain, ckpt / "model.safetensors")
+    idx = torch.randint(0, 512, (1, 8))
+    assert torch.equal(plain.eval()(idx)[0], model.eval()(idx)[0])
+
+
+def test_data_with_another_tokenizer_is_refused_on_resume(tiny_cfg, tmp_path, corpus_file):
+    from psyduck.data.prepare import prepare
+
+    run = tmp_path / "run"
+    train(tiny_cfg.replace({"max_iters": 2}), run, progress=False)
+    other = prepare("text", "bpe-400", tmp_path / "other", path=str(corpus_file), show_progress=False)
+    with pytest.raises(PsyDuckError) as e:
+        train(tiny_cfg.replace({"data.path": str(other)}), run, resume=True, progress=False)
+    assert str(e.value) == (
+        f"data at {other} was prepared with bpe-400 but the run uses bpe-512; "
+        "prepare the data with --tokenizer bpe-512 or start a new run"
+    )
+
+
+def test_evaluate_reports_bits_per_byte(tiny_cfg, tmp_path):
+    from psyduck.evaluate import evaluate
+
+    run = tmp_path / "run"
+    train(tiny_cfg.replace({"max_iters": 2}), run, progress=False)
+    model, _ = load_run(run)
+    data = TokenData(tiny_cfg.data.path)
+    res = evaluate(model, data, "val", batch_size=4)
+    assert res["perplexity"] == pytest.approx(math.exp(res["loss"]))
+    expected = res["loss"] / math.log(2) * data.num_tokens("val") / data.num_bytes("val")
+    assert res["bits_per_byte"] == pytest.approx(expected)
+    assert res["tokens"] > 0.9 * data.num_tokens("val")
