@@ -27,13 +27,13 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
     """Draw train/val loss from metrics.jsonl into a PNG, written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in a worker thread
 
     rows = [r for r in read_metrics(metrics_path) if "val_loss" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
     for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
         for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "val", "-s")):
             pts = [(r[xkey], r[key]) for r in rows if r.get(key) is not None]
@@ -47,7 +47,32 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
         fig.suptitle(title)
     out = Path(out_png)
     tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=90)
     os.replace(tmp, out)
     return out
+
+
+class BackgroundPlotter:
+    """Redraws a loss curve in a worker thread, so training does not wait for matplotlib."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plot")
+        self.pending = None
+        self.stale = False  # an update was skipped while a drawing was in progress
+
+    def update(self, metrics_path: str | Path, out_png: str | Path, title: str = "") -> None:
+        if self.pending is not None and not self.pending.done():
+            self.stale = True  # drawn at the next update, or at close
+            return
+        self.stale = False
+        self.pending = self.pool.submit(plot_loss_curve, metrics_path, out_png, title)
+
+    def close(self, metrics_path: str | Path | None = None, out_png: str | Path | None = None, title: str = "") -> None:
+        """Wait for drawing to finish, then draw once more if the last update was skipped."""
+        if self.pending is not None:
+            self.pending.result()
+        if self.stale and metrics_path is not None and out_png is not None:
+            plot_loss_curve(metrics_path, out_png, title)
+        self.pool.shutdown(wait=True)

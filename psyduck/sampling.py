@@ -37,7 +37,7 @@ def sample_next(
 ) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,)."""
     logits = logits.float()
-    if temperature == 0:
+    if temperature < 1e-6:  # 0 means greedy; a vanishing temperature would overflow the division
         return logits.argmax(dim=-1)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
@@ -47,6 +47,7 @@ def sample_next(
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # tokens entirely beyond the nucleus
+        drop[..., 0] = False  # the most likely token is always in (top_p may underflow to 0 in float32)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = F.softmax(logits, dim=-1)

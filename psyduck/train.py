@@ -56,7 +56,7 @@ from psyduck.config import Config, TrainConfig
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
 from psyduck.model import GPT
-from psyduck.plot import plot_loss_curve
+from psyduck.plot import BackgroundPlotter
 from psyduck.tokenizer import Tokenizer, load_tokenizer
 
 SAMPLE_PROMPT = "The"
@@ -159,7 +159,10 @@ class Trainer:
             self.data.check_tokenizer(load_tokenizer(self.out).name)
         if self.init_from is not None:
             self.data.check_tokenizer(load_tokenizer(self.init_from).name)
-        cfg.model.vocab_size = self.data.vocab_size
+        if self.resume_from is not None or self.init_from is not None:  # keep a padded embedding (imports)
+            cfg.model.vocab_size = max(cfg.model.vocab_size, self.data.vocab_size)
+        else:
+            cfg.model.vocab_size = self.data.vocab_size
         for split in ("train", "val"):
             if self.data.num_tokens(split) < cfg.model.block_size + 1:
                 raise PsyDuckError(
@@ -218,6 +221,7 @@ class Trainer:
         self.peak = hardware.peak_flops(self.device, self.dtype) * self.dist.world_size
         self.stop_signal: str | None = None
         self.loggers = ExternalLoggers.none()
+        self.plotter = BackgroundPlotter()
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -301,8 +305,10 @@ class Trainer:
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.best_val = state.get("best_val") or float("inf")
-        torch.set_rng_state(tensors["rng.torch"])
-        self.batch_gen.set_state(tensors["rng.batch"])
+        if "rng.torch" in tensors:  # absent in runs made by import-hf
+            torch.set_rng_state(tensors["rng.torch"])
+        if "rng.batch" in tensors:
+            self.batch_gen.set_state(tensors["rng.batch"])
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         if state.get("rng_python"):
@@ -348,7 +354,7 @@ class Trainer:
         }
         if self.dist.main:
             self.write_metrics(row)
-            plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png", title=str(self.out.name))
+            self.plotter.update(self.out / "metrics.jsonl", self.out / "loss_curve.png", title=self.out.name)
             if self.cfg.train.sample_tokens:
                 text = self.sample()
                 with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
@@ -429,6 +435,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self.dist.main and (self.out / "metrics.jsonl").exists():
+                self.plotter.close(self.out / "metrics.jsonl", self.out / "loss_curve.png", title=self.out.name)
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
             self.loggers.close()

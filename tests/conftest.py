@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The test models are tiny: one thread per process is as fast as two, and far faster when the two
+# cores are shared (OpenMP threads spin-waiting on a busy core). Child processes inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 

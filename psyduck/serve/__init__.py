@@ -1,0 +1,22 @@
+"""Serving a trained run over HTTP: OpenAI's completions API and a browser playground.
+
+    psyduck serve runs/demo                 # http://127.0.0.1:8000/ and /v1
+    from psyduck.serve import create_app    # the same app, in-process (tests, other servers)
+
+engine.py talks to the model (text streaming, stop strings, admission control), app.py speaks HTTP,
+command.py is the CLI, static/index.html the page. FastAPI and uvicorn are imported only when a
+server is built, so `psyduck` works without them (`pip install 'psyduck[serve]'` adds them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_app"]
+
+
+def create_app(*args: Any, **kwargs: Any):
+    """See `psyduck.serve.app.create_app`."""
+    from psyduck.serve.app import create_app as _create_app
+
+    return _create_app(*args, **kwargs)

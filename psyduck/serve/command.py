@@ -1,0 +1,85 @@
+"""`psyduck serve RUN`: the CLI wiring of the server (FastAPI, uvicorn and torch load only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import sys
+
+from psyduck.errors import PsyDuckError
+
+
+def register(subparsers) -> None:
+    """Add the `serve` subcommand to the `psyduck` parser."""
+    s = subparsers.add_parser(
+        "serve", help="an OpenAI-compatible API and a browser playground for a run",
+        description="Serve a trained run: POST /v1/completions (OpenAI's API), the playground at /, "
+        "loss curves at /runs/NAME, the schema at /openapi.json.",
+    )
+    s.add_argument("run", help="a run folder written by `psyduck train`")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 opens it to the network)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 and /api")
+    s.add_argument("--max-tokens-cap", type=int, default=512, help="largest max_tokens a request may ask for (default 512)")
+    s.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: the model's context)")
+    s.add_argument("--max-concurrency", type=int, default=4, help="generations running at once (default 4)")
+    s.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before new ones get 429 (default 16)")
+    s.add_argument("--model-name", help="the model id clients use (default: the run folder's name)")
+    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from psyduck.serve.app import create_app
+    except ImportError as e:
+        raise PsyDuckError(f"psyduck serve needs FastAPI and uvicorn ({e.name} is missing); pip install 'psyduck[serve]'") from None
+    from psyduck.hardware import pick_device
+
+    if not 0 <= args.port <= 65535:
+        raise PsyDuckError(f"--port must be between 0 and 65535, got {args.port}")
+    app = create_app(
+        args.run, model_name=args.model_name, checkpoint=args.checkpoint, device=str(pick_device(args.device)),
+        api_key=args.api_key, max_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens,
+        max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+    )
+    sock = listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    if not _loopback(args.host) and args.api_key is None:
+        print(f"psyduck: warning: listening on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
+    print(f"serving {app.state.psyduck.name} on http://{shown}:{port}  (playground: /  API: /v1  schema: /openapi.json)", file=sys.stderr)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket, so that a busy port is one clear error instead of a server log."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise PsyDuckError(f"cannot resolve --host {host!r} ({e.strerror}); use an address like 127.0.0.1") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise PsyDuckError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or stop what uses it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

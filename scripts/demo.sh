@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# README command 1: set up, tokenize the embedded corpus, train cpu-small, sample, evaluate.
+# Re-running continues the run in runs/demo instead of starting over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+psy() { .venv/bin/psyduck "$@"; }
+[[ -f data/wiki-vital/meta.json ]] || psy prepare wiki-vital --tokenizer bpe-8192 --out data/wiki-vital
+psy train --preset cpu-small --data data/wiki-vital --out runs/demo --resume "$@"
+echo
+echo "=== a sample from runs/demo ==="
+psy generate runs/demo --prompt "The world" --max-new-tokens 100 --temperature 0.7 --top-k 50 --seed 0
+echo
+psy eval runs/demo --json
+echo "loss curve: runs/demo/loss_curve.png   samples during training: runs/demo/samples.txt"

@@ -1,0 +1,517 @@
+"""psyduck serve: OpenAI's client, a real browser and schemathesis against a tiny trained run.
+
+One tiny run is trained once for the whole file; servers run in-process (uvicorn in a thread, on a
+free port of 127.0.0.1) so the tests talk real HTTP without paying for a model load each time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import random
+import re
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from psyduck.serve.app import create_app
+from psyduck.serve.engine import TextStream
+
+RUN_NAME = "tiny-run"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+WORDS = (
+    "the a model learns to predict next token from text data train loss value small large attention "
+    "layer head block weight gradient step batch window byte unicode café 東京"
+).split()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures: a tiny run, its model loaded once, servers on free ports
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory) -> Path:
+    """A 5-step run of the tiny preset on a small made-up corpus (the model's text is gibberish)."""
+    from psyduck.config import get_preset
+    from psyduck.data.prepare import prepare
+    from psyduck.train import train
+
+    root = tmp_path_factory.mktemp("serve")
+    rng = random.Random(0)
+    text = "\n\n".join(" ".join(rng.choices(WORDS, k=40)) for _ in range(300))
+    (root / "corpus.txt").write_text(text, encoding="utf-8")
+    prepare("text", "bpe-300", root / "data", path=str(root / "corpus.txt"), show_progress=False)
+    cfg = get_preset("tiny").replace(
+        {"data.path": str(root / "data"), "max_iters": 5, "eval_interval": 5, "eval_iters": 1, "sample_tokens": 0}
+    )
+    train(cfg, root / RUN_NAME, progress=False)
+    return root / RUN_NAME
+
+
+@pytest.fixture(scope="session")
+def loaded(run_dir):
+    from psyduck.checkpoint import load_run
+
+    return load_run(run_dir)
+
+
+def make_app(run_dir, loaded, **kwargs):
+    model, tok = loaded
+    return create_app(run_dir, model=model, tokenizer=tok, **kwargs)
+
+
+@contextlib.contextmanager
+def serving(app):
+    """Run `app` with uvicorn in a thread on a free port; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(run_dir, loaded):
+    """The main server: a generous cap (the browser's Stop test needs a long generation)."""
+    with serving(make_app(run_dir, loaded, max_tokens_cap=4096, max_concurrency=4, max_queue=32)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(base_url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url + "/v1", api_key="not-needed", max_retries=0, timeout=60)
+
+
+def get_json(url: str, path: str, timeout: float = 10) -> dict:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def wait_idle(url: str, timeout: float = 10) -> None:
+    """Wait until the server reports no generation running or queued."""
+    wait_health(url, {"active": 0, "queued": 0}, timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real OpenAI client
+# ---------------------------------------------------------------------------------------------
+
+def test_openai_client_lists_the_model_and_completes(client, loaded):
+    _, tok = loaded
+    assert [m.id for m in client.models.list().data] == [RUN_NAME]
+    assert client.models.retrieve(RUN_NAME).id == RUN_NAME
+
+    prompt = "the model learns"
+    out = client.completions.create(model=RUN_NAME, prompt=prompt, max_tokens=12, extra_body={"ignore_eos": True})
+    assert out.object == "text_completion" and out.model == RUN_NAME and out.id.startswith("cmpl-")
+    assert len(out.choices) == 1 and isinstance(out.choices[0].text, str)
+    assert out.choices[0].finish_reason == "length"
+    assert out.usage.prompt_tokens == len(tok.encode(prompt))
+    assert out.usage.completion_tokens == 12
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 12
+
+    # two prompts x n=2: four choices, indexed prompt-major; the prompt counted once per prompt
+    out = client.completions.create(model=RUN_NAME, prompt=["the", "a model"], n=2, max_tokens=3, temperature=0.5)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert out.usage.prompt_tokens == len(tok.encode("the")) + len(tok.encode("a model"))
+    assert 4 <= out.usage.completion_tokens <= 12
+
+    # echo, token-id prompts, and top_k as an extension
+    ids = tok.encode("the model")
+    out = client.completions.create(model=RUN_NAME, prompt=ids, max_tokens=4, echo=True, extra_body={"top_k": 5})
+    assert out.choices[0].text.startswith("the model")
+
+
+def test_openai_stream_is_well_formed(client, base_url):
+    stream = client.completions.create(
+        model=RUN_NAME, prompt="the loss", max_tokens=10, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    content = [c for c in chunks if c.choices]
+    assert len(content) == 10, "one event per token"
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "text_completion" for c in chunks)
+    assert [c.choices[0].finish_reason for c in content] == [None] * 9 + ["length"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+
+    # the same request, raw: server-sent events ending with [DONE]
+    host, port = base_url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "the", "max_tokens": 4, "stream": True}),
+                 {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
+    body = resp.read().decode()
+    conn.close()
+    events = [e for e in body.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]" and body.endswith("data: [DONE]\n\n")
+    assert all("choices" in json.loads(e[6:]) for e in events[:-1])
+
+
+def test_seed_and_temperature_give_repeatable_text(client):
+    def text(**kw):
+        kw = {"model": RUN_NAME, "prompt": "a small model", "max_tokens": 20, "extra_body": {"ignore_eos": True}, **kw}
+        return [c.text for c in client.completions.create(**kw).choices]
+
+    assert text(seed=7, temperature=0.9) == text(seed=7, temperature=0.9)
+    assert text(seed=7, temperature=0.9, n=2) == text(seed=7, temperature=0.9, n=2)
+    assert text(seed=7, temperature=0.9) != text(seed=8, temperature=0.9)
+    assert text(temperature=0) == text(temperature=0)  # greedy needs no seed
+    streamed = client.completions.create(model=RUN_NAME, prompt="a small model", max_tokens=20, seed=7, temperature=0.9,
+                                         stream=True, extra_body={"ignore_eos": True})
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == text(seed=7, temperature=0.9)[0]
+
+
+def test_stop_strings_end_the_completion_before_them(client):
+    greedy = {"model": RUN_NAME, "prompt": "the model", "max_tokens": 30, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    full = client.completions.create(**greedy).choices[0].text
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
+    expected = full[: full.find(stop)]
+    out = client.completions.create(**greedy, stop=[stop, "never-seen-xyz"]).choices[0]
+    assert out.text == expected and out.finish_reason == "stop"
+    streamed = list(client.completions.create(**greedy, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == expected
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_twenty_concurrent_streams_all_complete(client, base_url):
+    def one(i: int) -> tuple[int, int, str | None]:
+        stream = client.completions.create(
+            model=RUN_NAME, prompt=f"the {WORDS[i]}", max_tokens=24, temperature=1.0, seed=i, stream=True,
+            stream_options={"include_usage": True}, extra_body={"ignore_eos": True, "top_k": 50},
+        )
+        events, usage, finish = 0, None, None
+        for chunk in stream:
+            if chunk.choices:
+                events += 1
+                finish = chunk.choices[0].finish_reason or finish
+            if chunk.usage:
+                usage = chunk.usage.completion_tokens
+        return events, usage, finish
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert results == [(24, 24, "length")] * 20
+    wait_idle(base_url)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad requests and access
+# ---------------------------------------------------------------------------------------------
+
+BAD_REQUESTS = [
+    ({"max_tokens": 5}, 400, "prompt", None),  # no prompt
+    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens", None),
+    ({"prompt": "x", "max_tokens": -3}, 400, "max_tokens", None),
+    ({"prompt": "x", "max_tokens": 65}, 400, "max_tokens", "max_tokens_too_large"),
+    ({"prompt": "x", "temperature": -0.1}, 400, "temperature", None),
+    ({"prompt": "x", "top_p": 0}, 400, "top_p", None),
+    ({"prompt": "x", "top_p": 1.01}, 400, "top_p", None),
+    ({"prompt": "the " * 40}, 400, "prompt", "context_length_exceeded"),
+    ({"prompt": "x", "model": "gpt-4"}, 404, "model", "model_not_found"),
+    ({"prompt": 5}, 400, "prompt", None),
+    ({"prompt": []}, 400, "prompt", None),
+    ({"prompt": [[]]}, 400, "prompt", None),
+    ({"prompt": [10**6]}, 400, "prompt", None),
+    ({"prompt": "x", "n": 0}, 400, "n", None),
+    ({"prompt": ["a"] * 9, "n": 2}, 400, "n", None),
+    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
+    ({"prompt": "x", "top_k": -2}, 400, "top_k", None),
+    ({"prompt": "x", "seed": 2**70}, 400, "seed", None),
+    ({"prompt": "x", "logprobs": 2}, 400, "logprobs", "unsupported_parameter"),
+    ({"prompt": "x", "max_tokens": "many"}, 400, "max_tokens", None),
+]
+
+
+@pytest.fixture(scope="module")
+def local(run_dir, loaded):
+    with TestClient(make_app(run_dir, loaded, max_tokens_cap=64, max_prompt_tokens=32)) as c:
+        yield c
+
+
+@pytest.mark.parametrize(("body", "status", "param", "code"), BAD_REQUESTS, ids=[str(b)[:40] for b, *_ in BAD_REQUESTS])
+def test_bad_requests_get_openai_style_errors(local, body, status, param, code):
+    r = local.post("/v1/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error" and err["message"]
+    assert err["param"] == param and err["code"] == code
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"', b'{"prompt": "x", "temperature": NaN}', b""])
+def test_malformed_bodies_are_400(local, raw):
+    r = local.post("/v1/completions", content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_framework_errors_have_the_openai_shape_too(local):
+    r = local.get("/v1/nowhere")
+    assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    r = local.get("/v1/completions")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_openai_client_raises_its_usual_errors(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=RUN_NAME, prompt="x", max_tokens=5000)
+    assert e.value.body["param"] == "max_tokens"
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="davinci-002", prompt="x")
+
+
+def test_api_key_is_checked_as_a_bearer_token(run_dir, loaded):
+    with TestClient(make_app(run_dir, loaded, api_key="sekret")) as c:
+        body = {"prompt": "the", "max_tokens": 2}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic sekret"}):
+            r = c.post("/v1/completions", json=body, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert c.get("/v1/models").status_code == 401
+        assert c.get(f"/api/runs/{RUN_NAME}/metrics").status_code == 401
+        ok = {"Authorization": "Bearer sekret"}
+        assert c.post("/v1/completions", json=body, headers=ok).status_code == 200
+        assert c.get("/v1/models", headers=ok).status_code == 200
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # no secrets there
+        assert c.get("/api/info").json()["auth"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Load: slots, the queue, disconnects, a free event loop
+# ---------------------------------------------------------------------------------------------
+
+def open_stream(url: str, body: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.readline().startswith(b"data: ")  # generation has started
+    return conn, resp
+
+
+def test_queue_limit_and_disconnects_free_their_slot(run_dir, loaded):
+    long = {"prompt": "the", "max_tokens": 100_000, "ignore_eos": True}  # minutes of work if never stopped
+    with serving(make_app(run_dir, loaded, max_tokens_cap=100_000, max_concurrency=1, max_queue=1)) as url:
+        conn, resp = open_stream(url, long)
+        t0 = time.monotonic()
+        assert get_json(url, "/health")["active"] == 1
+        assert time.monotonic() - t0 < 2, "the event loop must answer while the model works"
+
+        waiter = ThreadPoolExecutor(1)
+        queued = waiter.submit(
+            lambda: openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0).completions.create(
+                model=RUN_NAME, prompt="a", max_tokens=3)
+        )
+        deadline = time.monotonic() + 10
+        while get_json(url, "/health")["queued"] != 1:
+            assert time.monotonic() < deadline and not queued.done()
+            time.sleep(0.05)
+        with pytest.raises(openai.RateLimitError) as e:  # one running, one waiting: the third is refused
+            openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0).completions.create(model=RUN_NAME, prompt="b")
+        assert e.value.status_code == 429 and e.value.body["code"] == "server_overloaded"
+
+        resp.close()
+        conn.close()  # the streaming client goes away: its slot goes to the queued request
+        assert queued.result(timeout=20).usage.completion_tokens >= 1
+        waiter.shutdown()
+        wait_idle(url)
+
+        # non-streaming clients that hang up, waiting in line or mid-generation, give up their place
+        running = post_and_wait(url, long, until={"active": 1, "queued": 0})
+        waiting = post_and_wait(url, long, until={"active": 1, "queued": 1})
+        waiting.close()
+        wait_health(url, {"active": 1, "queued": 0})
+        running.close()
+        wait_idle(url)
+
+
+def wait_health(url: str, expected: dict, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (h := get_json(url, "/health")) and any(h[k] != v for k, v in expected.items()):
+        assert time.monotonic() < deadline, f"/health says {h}, expected {expected}"
+        time.sleep(0.05)
+
+
+def post_and_wait(url: str, body: dict, until: dict) -> socket.socket:
+    """POST a completion on a raw socket (never read), then wait until /health shows `until`."""
+    raw = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    payload = json.dumps(body).encode()
+    raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    wait_health(url, until)
+    return raw
+
+
+def test_run_metrics_follow_a_live_metrics_file(loaded, tmp_path):
+    live = tmp_path / "live-run"
+    live.mkdir()
+    metrics = live / "metrics.jsonl"
+    with TestClient(make_app(live, loaded)) as c:
+        assert c.get("/api/runs/live-run/metrics").json()["rows"] == []  # no evaluation yet
+        metrics.write_text(json.dumps({"step": 0, "train_loss": 5.0, "val_loss": 5.1}) + "\n")
+        assert [r["step"] for r in c.get("/api/runs/live-run/metrics").json()["rows"]] == [0]
+        with open(metrics, "a") as f:  # a diverged evaluation, then a line still being written
+            f.write('{"step": 10, "train_loss": NaN, "val_loss": 4.0}\n{"step": 20, "tra')
+        rows = c.get("/api/runs/live-run/metrics").json()["rows"]
+        assert [r["step"] for r in rows] == [0, 10] and rows[1]["train_loss"] is None
+        assert c.get("/api/runs/other/metrics").status_code == 404
+        assert c.get("/runs/live-run").headers["content-type"].startswith("text/html")
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema, fuzzed
+# ---------------------------------------------------------------------------------------------
+
+def test_schemathesis_finds_no_server_errors(run_dir, loaded):
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    with serving(make_app(run_dir, loaded, max_tokens_cap=8)) as url:
+        schema = schemathesis.openapi.from_url(url + "/openapi.json")
+        operations = [op.ok() for op in schema.get_all_operations()]
+        assert {op.path for op in operations} >= {"/v1/models", "/v1/completions", "/health"}
+        tested = set()
+        for op in operations:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                examples = 25 if op.path == "/v1/completions" else 8
+
+                @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+                @given(case=op.as_strategy(generation_mode=mode))
+                def check(case):
+                    response = case.call(base_url=url, timeout=30)
+                    assert response.status_code < 500, f"{case.method} {case.path} {case.body!r}: {response.text[:300]}"
+                    if response.status_code >= 400:  # every error of ours has OpenAI's shape
+                        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+                try:
+                    check()
+                except Unsatisfiable:  # nothing to break in a request without parameters (GET /health)
+                    assert mode == GenerationMode.NEGATIVE
+                    continue
+                tested.add((op.method.upper(), op.path, mode.value))
+        assert ("POST", "/v1/completions", "negative") in tested
+
+
+# ---------------------------------------------------------------------------------------------
+# The playground, in a real browser
+# ---------------------------------------------------------------------------------------------
+
+def test_playground_streams_in_a_real_browser(base_url, run_dir, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (scripts/ci_browser.sh installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 820})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base_url + "/")
+            expect(page.locator("#model-name")).to_have_text(RUN_NAME)
+            page.fill("#prompt", "the model learns to predict")
+            set_range = "([id, v]) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('input')); }"
+            page.evaluate(set_range, ["max_tokens", "60"])
+            page.fill("#seed", "3")
+            page.click("#generate")
+            expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
+            expect(page.locator("#stop")).to_be_disabled(timeout=30_000)  # finished
+            stats = page.inner_text("#stats")
+            assert "tok/s" in stats and "tokens" in stats
+            page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+
+            # a long generation: the text streams in while it runs, and the Stop button ends it
+            page.evaluate(set_range, ["max_tokens", "4096"])
+            page.uncheck("#eot")
+            page.click("#generate")
+            completion = page.locator("#completion")
+            expect(completion).to_have_text(re.compile(".{20}", re.DOTALL), timeout=30_000)
+            shown = len(completion.text_content())
+            expect(completion).to_have_text(re.compile(f".{{{shown + 20}}}", re.DOTALL), timeout=30_000)
+            expect(page.locator("#stop")).to_be_enabled()  # more text arrived, and it is still generating
+            page.click("#stop")
+            expect(page.locator("#stats")).to_contain_text("stopped", timeout=10_000)
+            wait_idle(base_url)
+
+            # the loss curves, refreshed when the run writes another evaluation
+            page.goto(f"{base_url}/runs/{RUN_NAME}")
+            expect(page.locator("#chart polyline").first).to_be_attached()
+            n = page.locator("#rows tr").count()
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": 10, "tokens": 2560, "train_loss": 4.5, "val_loss": 4.6}) + "\n")
+            expect(page.locator("#rows tr")).to_have_count(n + 1, timeout=10_000)
+            page.screenshot(path=str(tmp_path / "curves.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            browser.close()
+    assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces: text streaming and the CLI
+# ---------------------------------------------------------------------------------------------
+
+def test_text_stream_keeps_characters_whole_and_holds_back_stop_prefixes(loaded):
+    _, tok = loaded
+    text = "café 東京 the model"
+    pieces = []
+    stream = TextStream(tok)
+    ids = tok.encode(text)
+    for i, t in enumerate(ids):
+        pieces.append(stream.push(t, last=i == len(ids) - 1))
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+    stream = TextStream(tok, stop=("l th",))
+    shown = "".join(stream.push(t) for t in tok.encode("small the end"))
+    assert shown == "smal" and stream.finish_reason == "stop"
+    stream = TextStream(tok)
+    assert stream.push(tok.eot_id) == "" and stream.finish_reason == "stop"
+
+
+def test_cli_serve_is_registered_and_fails_in_one_line(run_dir, capsys):
+    from psyduck.cli import main, make_parser
+
+    args = make_parser().parse_args(["serve", str(run_dir)])
+    assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8000, None)
+    assert main(["serve", str(run_dir / "missing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        assert main(["serve", str(run_dir), "--port", str(busy.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert "cannot listen" in err and err.count("\n") == 1
+    assert main(["serve", str(run_dir), "--max-concurrency", "0"]) == 2
+    assert "max-concurrency" in capsys.readouterr().err
