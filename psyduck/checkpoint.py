@@ -263,10 +263,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu", checkpoint
     run = Path(run_dir)
     cfg = read_run_config(run)
     tokenizer = load_tokenizer(run)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
+    if tokenizer.vocab_size > cfg.model.vocab_size or tokenizer.name != cfg.data.tokenizer:
         raise PsyDuckError(
-            f"{run}/tokenizer.json ({tokenizer.name}, {tokenizer.vocab_size} tokens) does not match the model "
-            f"({cfg.model.vocab_size} embedding rows); the checkpoint was trained with a different tokenizer"
+            f"{run}/tokenizer.json is {tokenizer.name} ({tokenizer.vocab_size} tokens) but the model was trained "
+            f"with {cfg.data.tokenizer} ({cfg.model.vocab_size} embedding rows); restore the run's own tokenizer.json"
         )
     if checkpoint == "best":
         ckpt = best_checkpoint(run)

@@ -159,6 +159,7 @@ class Trainer:
             self.data.check_tokenizer(load_tokenizer(self.out).name)
         if self.init_from is not None:
             self.data.check_tokenizer(load_tokenizer(self.init_from).name)
+        cfg.data.tokenizer = self.data.tokenizer_name  # what the run speaks, checked when it is loaded
         if self.resume_from is not None or self.init_from is not None:  # keep a padded embedding (imports)
             cfg.model.vocab_size = max(cfg.model.vocab_size, self.data.vocab_size)
         else:
