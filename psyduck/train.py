@@ -332,7 +332,10 @@ class Trainer:
         self.loggers.log(row, self.step)
 
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
+        self.log(f"{self.stop_signal} received: finishing this step, then saving (again to stop at once)")
 
     def resume_command(self) -> str:
         return f"psyduck train --out {self.out} --resume"
@@ -370,12 +373,11 @@ class Trainer:
             write_json_atomic(self.out / "config.json", self.cfg.to_dict())
             self.tokenizer.save(self.out)
         old_handlers = {}
-        if self.dist.main or True:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    old_handlers[sig] = signal.signal(sig, self._handle_signal)
-                except ValueError:  # not the main thread
-                    pass
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[sig] = signal.signal(sig, self._handle_signal)
+            except ValueError:  # not the main thread
+                pass
         if self.dist.main:
             self.loggers = ExternalLoggers.from_env(self.cfg, self.out)
         self.log(
