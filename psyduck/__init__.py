@@ -4,36 +4,37 @@
     model = GPT(presets["seed-60m"].model)
     logits, loss = model(idx, targets)
     model, tokenizer = load_run("runs/demo")
+
+Names that need PyTorch are imported on first use, so `psyduck prepare` and `psyduck config` start fast.
 """
 
-from psyduck.checkpoint import load_run
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from psyduck.config import Config, DataConfig, ModelConfig, TrainConfig, get_preset, presets
 from psyduck.errors import PsyDuckError
-from psyduck.model import GPT
 
-__all__ = [
-    "GPT", "Config", "DataConfig", "ModelConfig", "TrainConfig", "PsyDuckError",
-    "get_preset", "load_run", "presets", "train", "prepare", "evaluate",
-]
 __version__ = "0.1.0"
 
+_LAZY = {
+    "GPT": "psyduck.model",
+    "load_run": "psyduck.checkpoint",
+    "train": "psyduck.train",
+    "Trainer": "psyduck.train",
+    "prepare": "psyduck.data.prepare",
+    "evaluate": "psyduck.evaluate",
+    "TokenData": "psyduck.data.loader",
+    "load_tokenizer": "psyduck.tokenizer",
+}
 
-def train(*args, **kwargs):
-    """See `psyduck.train.train`."""
-    from psyduck.train import train as _train
-
-    return _train(*args, **kwargs)
+__all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "PsyDuckError", "get_preset", "presets", *_LAZY]
 
 
-def prepare(*args, **kwargs):
-    """See `psyduck.data.prepare.prepare`."""
-    from psyduck.data.prepare import prepare as _prepare
-
-    return _prepare(*args, **kwargs)
-
-
-def evaluate(*args, **kwargs):
-    """See `psyduck.evaluate.evaluate`."""
-    from psyduck.evaluate import evaluate as _evaluate
-
-    return _evaluate(*args, **kwargs)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'psyduck' has no attribute {name!r}")

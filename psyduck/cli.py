@@ -114,7 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     cfg = read_run_config(args.run)
     model, tok = load_run(args.run, device=device, checkpoint=args.checkpoint)
     data = TokenData(args.data or cfg.data.path)
-    data.check_tokenizer(tok.name)
+    data.check_tokenizer(tok)
     res = evaluate(
         model, data, args.split, batch_size=args.batch_size, max_batches=args.max_batches, stride=args.stride,
         word_perplexity=args.word_perplexity,
@@ -153,7 +153,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "source",
         help="wiki-vital (embedded); text (your files, --path); sales-textbook (downloaded once into "
-        "~/.cache/psyduck, or --path a copy); wikitext-103 (raw), wikitext-103-v1 (<unk> tokens), "
+        "~/.cache/psyduck or $PSYDUCK_CACHE, or --path a copy); wikitext-103 (raw), wikitext-103-v1 (<unk> tokens), "
         "wikitext-2, wikitext-2-v1 (Hugging Face `datasets`, or --path an offline copy)",
     )
     s.add_argument("--tokenizer", default="bpe-8192", help="cl100k_base or bpe-<vocab size> (default bpe-8192)")

@@ -29,11 +29,14 @@ Design choices:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -91,6 +94,18 @@ class Tokenizer:
         texts = [_valid_unicode(t) for t in texts]
         return [e.ids for e in self._hf.encode_batch_fast(texts, add_special_tokens=False)]
 
+    def encode_to_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """`encode` of each text as a uint32 array, without a Python int per token (for big corpora).
+
+        tiktoken writes the ids straight into a buffer; both backends release Python's lock while
+        they work, so several threads calling this encode in parallel (`prepare` does).
+        """
+        if self._encoding is not None:
+            return [_tiktoken_array(self._encoding, t) for t in texts]
+        assert self._hf is not None
+        encoded = self._hf.encode_batch_fast([_valid_unicode(t) for t in texts], add_special_tokens=False)
+        return [np.array(e.ids, dtype=np.uint32) for e in encoded]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of the ids; eot_id becomes the characters "<|endoftext|>". Invalid UTF-8 -> U+FFFD.
 
@@ -106,16 +121,35 @@ class Tokenizer:
         assert self._hf is not None
         return self._hf.decode(ids, skip_special_tokens=False)
 
+    def to_json(self) -> str:
+        """The tokenizer.json text: a tiktoken reference, or the HF `tokenizers` file itself."""
+        if self._encoding is not None:
+            return json.dumps({"type": "tiktoken", "name": self.name}, indent=2) + "\n"
+        assert self._hf is not None
+        return self._hf.to_str(pretty=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the vocabulary and rules: two tokenizers with the same name can still differ."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+
     def save(self, folder: str | Path) -> None:
-        """Write folder/tokenizer.json (creating the folder); `load_tokenizer` reads it back."""
+        """Write folder/tokenizer.json atomically (creating the folder); `load_tokenizer` reads it back."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if self._encoding is not None:
-            text = json.dumps({"type": "tiktoken", "name": self.name}, indent=2) + "\n"
-        else:
-            assert self._hf is not None
-            text = self._hf.to_str(pretty=True)
-        (folder / "tokenizer.json").write_text(text, encoding="utf-8")
+        tmp = folder / ".tokenizer.json.tmp"
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, folder / "tokenizer.json")
+
+
+def _tiktoken_array(encoding: tiktoken.Encoding, text: str) -> np.ndarray:
+    """encode_ordinary(text) as a uint32 array (tiktoken >= 0.8 fills it directly)."""
+    if not hasattr(encoding, "encode_to_numpy"):
+        return np.array(encoding.encode_ordinary(text), dtype=np.uint32)
+    try:  # no special token allowed or refused: "<|endoftext|>" in the text is plain characters
+        return encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+    except UnicodeEncodeError:  # lone surrogates
+        return encoding.encode_to_numpy(_valid_unicode(text), allowed_special=set(), disallowed_special=())
 
 
 def _defined(encoding: tiktoken.Encoding, token_id: int) -> bool:

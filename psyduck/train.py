@@ -156,9 +156,9 @@ class Trainer:
         self.tokenizer: Tokenizer = load_tokenizer(Path(cfg.data.path))
         self.init_from = Path(init_from) if init_from else None
         if self.resume_from is not None or (self.out / "tokenizer.json").exists():
-            self.data.check_tokenizer(load_tokenizer(self.out).name)
+            self.data.check_tokenizer(load_tokenizer(self.out))
         if self.init_from is not None:
-            self.data.check_tokenizer(load_tokenizer(self.init_from).name)
+            self.data.check_tokenizer(load_tokenizer(self.init_from))
         cfg.data.tokenizer = self.data.tokenizer_name  # what the run speaks, checked when it is loaded
         if self.resume_from is not None or self.init_from is not None:  # keep a padded embedding (imports)
             cfg.model.vocab_size = max(cfg.model.vocab_size, self.data.vocab_size)

@@ -82,7 +82,9 @@ def test_wiki_vital_source_yields_article_extracts() -> None:
 
 
 def test_sources_table_names() -> None:
-    assert list(SOURCES) == ["wiki-vital", "text"]
+    assert list(SOURCES) == [
+        "wiki-vital", "text", "sales-textbook", "wikitext-103", "wikitext-103-v1", "wikitext-2", "wikitext-2-v1",
+    ]
 
 
 # --- prepare -------------------------------------------------------------------------------------
@@ -187,11 +189,11 @@ def test_interrupted_prepare_leaves_no_meta(corpus: Path, tmp_path: Path) -> Non
     class Killed(Exception):
         pass
 
-    def crash(texts: list[str]) -> list[list[int]]:
+    def crash(texts: list[str]) -> list[np.ndarray]:
         raise Killed
 
     broken = type(tok)(tok.name, tok.vocab_size, tok.eot_id, encoding=tok._encoding)
-    broken.encode_batch = crash  # type: ignore[method-assign]
+    broken.encode_to_arrays = crash  # type: ignore[method-assign]
     with pytest.raises(Killed):
         prepare("text", broken, out, path=str(corpus), show_progress=False)
     assert not (out / "meta.json").exists()
@@ -268,6 +270,23 @@ def test_eval_batches_cover_the_split_in_order(tmp_path: Path) -> None:
     assert [x.tolist() for x, _ in data.iter_eval_batches("val", 8, 16)] == [x.tolist() for x, _ in batches]
 
 
+def test_many_shards_read_like_one(corpus: Path, tmp_path: Path) -> None:
+    """Windows straddling shard boundaries come out whole, and the split is never joined in memory."""
+    one = TokenData(prepare("text", "cl100k_base", tmp_path / "one", path=str(corpus), show_progress=False))
+    many = TokenData(prepare("text", "cl100k_base", tmp_path / "many", path=str(corpus), shard_tokens=37,
+                             show_progress=False))
+    assert len(many._shards["train"]) > 10
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(5):
+        (x1, y1), (x2, y2) = one.get_batch("train", 8, 64, g1), many.get_batch("train", 8, 64, g2)
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    for a, b in zip(one.iter_eval_batches("val", 4, 16), many.iter_eval_batches("val", 4, 16), strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    for a, b in zip(one.iter_scored_windows("val", 4, 16, 5), many.iter_scored_windows("val", 4, 16, 5), strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    assert many._joined == {}  # batches came straight from the shards
+
+
 def test_num_bytes_and_attributes(bpe_data: Path) -> None:
     data = TokenData(bpe_data)
     assert (data.tokenizer_name, data.vocab_size) == ("bpe-300", 300)
@@ -317,7 +336,10 @@ def test_error_empty_corpus(tmp_path: Path) -> None:
 
 
 def test_error_unknown_source(tmp_path: Path) -> None:
-    expected = "unknown source 'wikipedia'; valid sources: wiki-vital, text (text needs --path FILE_OR_FOLDER)"
+    expected = (
+        "unknown source 'wikipedia'; valid sources: wiki-vital, text, sales-textbook, wikitext-103, "
+        "wikitext-103-v1, wikitext-2, wikitext-2-v1 (text needs --path FILE_OR_FOLDER)"
+    )
     assert error(prepare, "wikipedia", "cl100k_base", tmp_path, show_progress=False) == expected
     assert error(iter_documents, "wikipedia") == expected
 

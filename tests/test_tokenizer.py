@@ -7,6 +7,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tokenizers
 from hypothesis import given, settings
@@ -94,6 +95,16 @@ def test_encode_batch_equals_encode(backend: str, request: pytest.FixtureRequest
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
 
 
+@settings(max_examples=100, deadline=None)
+@given(texts=st.lists(any_text, max_size=4))
+def test_encode_to_arrays_equals_encode(cl100k: Tokenizer, bpe: Tokenizer, texts: list[str]) -> None:
+    """The array path prepare uses: the same ids as `encode`, EOT text and lone surrogates included."""
+    for tok in (cl100k, bpe):
+        arrays = tok.encode_to_arrays(texts)
+        assert all(a.dtype == np.uint32 for a in arrays)
+        assert [a.tolist() for a in arrays] == [tok.encode(t) for t in texts]
+
+
 def test_undefined_ids_decode_to_nothing(bpe: Tokenizer, cl100k: Tokenizer) -> None:
     hello = cl100k.encode("hello")
     assert cl100k.decode([100256, *hello, 100262, 100275]) == "hello"  # holes in cl100k_base's ids
@@ -103,6 +114,7 @@ def test_undefined_ids_decode_to_nothing(bpe: Tokenizer, cl100k: Tokenizer) -> N
 def test_lone_surrogates_become_replacement_chars(bpe: Tokenizer, cl100k: Tokenizer) -> None:
     for tok in (bpe, cl100k):
         assert tok.decode(tok.encode("a\ud800b")) == "a\ufffdb"
+        assert tok.encode_to_arrays(["a\ud800b"])[0].tolist() == tok.encode("a\ud800b")
 
 
 @pytest.mark.parametrize("backend", ["cl100k", "bpe"])

@@ -193,3 +193,19 @@ def test_evaluate_reports_bits_per_byte(tiny_cfg, tmp_path):
     expected = res["loss"] / math.log(2) * data.num_tokens("val") / data.num_bytes("val")
     assert res["bits_per_byte"] == pytest.approx(expected)
     assert res["tokens"] > 0.9 * data.num_tokens("val")
+
+
+def test_init_from_refuses_a_same_named_but_different_tokenizer(tiny_cfg, tmp_path, corpus_file):
+    from psyduck.data.prepare import prepare
+
+    run = tmp_path / "run"
+    train(tiny_cfg.replace({"max_iters": 2}), run, progress=False)
+    shifted = tmp_path / "shifted.txt"
+    shifted.write_text(corpus_file.read_text()[50_000:], encoding="utf-8")  # other text, same vocab size
+    other = prepare("text", "bpe-512", tmp_path / "other", path=str(shifted), show_progress=False)
+    with pytest.raises(PsyDuckError) as e:
+        train(tiny_cfg.replace({"data.path": str(other)}), tmp_path / "new", init_from=run, progress=False)
+    assert str(e.value) == (
+        f"data at {other} was prepared with a different bpe-512 tokenizer than the run's "
+        "(same name, other vocabulary); prepare the data with the run's tokenizer or start a new run"
+    )

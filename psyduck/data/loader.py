@@ -8,14 +8,21 @@ model that what follows is unrelated.
 
 Design choices:
 - The shards are memory-mapped (`np.memmap`, read-only): the operating system pages in only the
-  windows we touch, so a dataset larger than RAM still works and start-up is instant.
-  (With several shards, `tokens` concatenates them into memory once, on first use.)
+  windows we touch, so a dataset larger than RAM still works and start-up is instant. A split of
+  several shards is read as one stream without joining them: a window's positions are looked up
+  in the shard that holds each (a window may straddle two). Only `tokens(split)`, for inspection,
+  builds the whole split in memory.
 - Training windows start at positions from `torch.randint(..., generator=g)`: saving
   `g.get_state()` in a checkpoint and restoring it resumes the exact same batch sequence.
 - For data-parallel training, rank r of w samples only from the r-th contiguous 1/w of the split,
   so ranks never see the same window in one step. (Pass a CPU generator.)
-- Evaluation walks the split in order with non-overlapping windows, so a validation loss is exact
-  and repeatable (every token after the first is predicted once; a last partial window is dropped).
+- Splits are whatever meta.json lists: train and val always, test for sources with their own
+  (WikiText).
+- Evaluation walks the split in order, so a loss is exact and repeatable. `iter_eval_batches`:
+  non-overlapping windows (every token after the first predicted once, a last partial window
+  dropped; quick). `iter_scored_windows`: every token of the split predicted exactly once, the first
+  from an end-of-text token, with a sliding window whose `stride` trades compute for context (what
+  published perplexities use; see evaluate.py).
 - One vectorized gather per batch: an index matrix (B, T+1) picks every token at once, then the
   uint16/uint32 ids are widened to int64, the type `nn.Embedding` and cross-entropy expect.
 """
@@ -72,6 +79,8 @@ class TokenData:
                 raise PsyDuckError(f"the {name} shards in {self.folder} do not match meta.json; {again}")
             self._shards[name] = maps
         self._joined: dict[str, np.ndarray] = {}
+        # where each shard starts in its split's token stream, plus the end: [0, len0, len0+len1, ...]
+        self._bounds = {name: np.cumsum([0, *(len(m) for m in maps)]) for name, maps in self._shards.items()}
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={self.num_tokens(s):,}" for s in self._shards)
@@ -98,35 +107,70 @@ class TokenData:
         self._check_split(split)
         return int(self.meta["splits"][split]["bytes"])
 
+    def num_words(self, split: str) -> int:
+        """Words of the split's original text, as WikiText's papers count them (see data/wikitext.py)."""
+        self._check_split(split)
+        words = self.meta["splits"][split].get("words")
+        if words is None:
+            raise PsyDuckError(
+                f"data at {self.folder} has no word counts (source {self.meta.get('source')!r}); "
+                "word-level perplexity needs WikiText data: `psyduck prepare wikitext-103`"
+            )
+        return int(words)
+
     def tokenizer(self) -> Tokenizer:
         """The tokenizer the data was prepared with (from the folder's tokenizer.json)."""
         return load_tokenizer(self.folder)
 
-    def check_tokenizer(self, tokenizer_name: str) -> None:
-        """Refuse to train a model whose tokenizer is not the one that made these ids."""
+    def check_tokenizer(self, tokenizer: "str | Tokenizer") -> None:
+        """Refuse to use a model whose tokenizer is not the one that made these ids.
+
+        Given a Tokenizer (not just a name), two tokenizers of the same name (say two different
+        `bpe-8192` trained on different text) are told apart by their fingerprint.
+        """
+        tokenizer_name = tokenizer if isinstance(tokenizer, str) else tokenizer.name
+        if (
+            tokenizer_name == self.tokenizer_name
+            and not isinstance(tokenizer, str)
+            and tokenizer.fingerprint != self.tokenizer().fingerprint
+        ):
+            raise PsyDuckError(
+                f"data at {self.folder} was prepared with a different {tokenizer_name} tokenizer than the run's "
+                "(same name, other vocabulary); prepare the data with the run's tokenizer or start a new run"
+            )
         if tokenizer_name != self.tokenizer_name:
             raise PsyDuckError(
                 f"data at {self.folder} was prepared with {self.tokenizer_name} but the run uses {tokenizer_name}; "
                 f"prepare the data with --tokenizer {tokenizer_name} or start a new run"
             )
 
-    def _windows(self, split: str, block_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-        """This rank's part of the split, checked to hold at least one window of block_size+1 tokens."""
-        data = self.tokens(split)
-        part = len(data) // world_size
+    def _take(self, split: str, index: np.ndarray) -> np.ndarray:
+        """int64 tokens of `split` at the positions in `index` (any shape), straight from the shards."""
+        maps, bounds = self._shards[split], self._bounds[split]
+        if len(maps) == 1:
+            return maps[0][index].astype(np.int64)
+        shard = np.searchsorted(bounds, index, side="right") - 1  # which shard holds each position
+        out = np.empty(index.shape, dtype=np.int64)
+        for k in np.unique(shard):
+            here = shard == k
+            out[here] = maps[k][index[here] - bounds[k]]
+        return out
+
+    def _part(self, split: str, block_size: int, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+        """(offset, length) of this rank's part of the split, checked to hold one window of block_size+1."""
+        self._check_split(split)
+        part = self.num_tokens(split) // world_size
         if part < block_size + 1:
             per_rank = f" per rank ({world_size} ranks)" if world_size > 1 else ""
             raise PsyDuckError(
                 f"the {split} split has {part} tokens{per_rank}, fewer than one context window "
                 f"(block_size+1 = {block_size + 1}); use more text or a smaller --block-size"
             )
-        return data[rank * part : (rank + 1) * part]
+        return rank * part, part
 
-    @staticmethod
-    def _gather(data: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x, y (B, T) int64 from windows data[s : s+T+1] for each start s."""
-        index = starts[:, None] + np.arange(block_size + 1)  # (B, T+1)
-        window = torch.from_numpy(data[index].astype(np.int64))  # (B, T+1)
+    def _gather(self, split: str, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y (B, T) int64 from windows tokens[s : s+T+1] for each start s."""
+        window = torch.from_numpy(self._take(split, starts[:, None] + np.arange(block_size + 1)))  # (B, T+1)
         return window[:, :-1].contiguous(), window[:, 1:].contiguous()  # (B, T), (B, T)
 
     def get_batch(
@@ -141,18 +185,53 @@ class TokenData:
         """`batch_size` random windows from this rank's part of the split: x, y int64 (B, T)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        data = self._windows(split, block_size, rank, world_size)
-        starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-        return self._gather(data, starts.numpy(), block_size)
+        offset, part = self._part(split, block_size, rank, world_size)
+        starts = torch.randint(part - block_size, (batch_size,), generator=generator)
+        return self._gather(split, starts.numpy() + offset, block_size)
 
     def iter_eval_batches(
         self, split: str, batch_size: int, block_size: int, max_batches: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Non-overlapping windows in order, batch_size at a time (the last batch may be smaller)."""
-        data = self._windows(split, block_size)
-        n_windows = (len(data) - 1) // block_size  # window i predicts tokens i*T+1 .. i*T+T
+        _, part = self._part(split, block_size)
+        n_windows = (part - 1) // block_size  # window i predicts tokens i*T+1 .. i*T+T
         for b, first in enumerate(range(0, n_windows, batch_size)):
             if max_batches is not None and b >= max_batches:
                 return
             starts = np.arange(first, min(first + batch_size, n_windows)) * block_size
-            yield self._gather(data, starts, block_size)
+            yield self._gather(split, starts, block_size)
+
+    def iter_scored_windows(
+        self, split: str, batch_size: int, block_size: int, stride: int | None = None, max_batches: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Windows that predict every token of the split exactly once: x, y int64 (B, T), where
+        y is -1 at positions already predicted by an earlier window (the loss ignores -1).
+
+        The split is read as [eot] + tokens, so its first token is predicted from the end-of-text
+        token (as after any document boundary). Window k starts at min(k * stride, N - T) and scores
+        only the targets no earlier window scored: with stride = T (the default) the windows do not
+        overlap; with stride S < T each token after the first window sees at least T - S tokens of
+        context, at T / S times the compute (Hugging Face's "perplexity of fixed-length models").
+        A split shorter than one window gives one shorter window.
+        """
+        stride = block_size if stride is None else stride
+        if not 1 <= stride <= block_size:
+            raise PsyDuckError(f"stride must be between 1 and the context length {block_size}, got {stride}")
+        self._check_split(split)
+        n = self.num_tokens(split)  # targets: positions 1..n of the sequence [eot] + tokens
+        span = min(block_size, n)
+        last = n - span  # start of the final window
+        starts = np.minimum(np.arange(0, last + stride, stride), last)
+        starts = starts[: int(np.searchsorted(starts, last)) + 1]  # stop at the first window that reaches the end
+        prev_end = np.concatenate([[0], starts[:-1] + span])  # last position scored before each window
+        offsets = np.arange(span + 1)
+        for b, first in enumerate(range(0, len(starts), batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            s, done = starts[first : first + batch_size], prev_end[first : first + batch_size]
+            pos = s[:, None] + offsets  # (B, T+1) positions in [eot] + tokens
+            window = self._take(split, np.maximum(pos - 1, 0))
+            window[pos == 0] = self.eot_id
+            x, y = torch.from_numpy(window[:, :-1].copy()), torch.from_numpy(window[:, 1:].copy())  # (B, T) each
+            y[torch.from_numpy(pos[:, 1:] <= done[:, None])] = -1  # scored by an earlier window
+            yield x, y

