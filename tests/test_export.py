@@ -13,7 +13,7 @@ import torch
 
 from psyduck import PsyDuckError, load_run
 from psyduck.checkpoint import list_checkpoints, read_run_config, save_checkpoint, write_json_atomic
-from psyduck.config import Config, ModelConfig
+from psyduck.config import Config, DataConfig, ModelConfig
 from psyduck.export import export, export_hf
 from psyduck.model import GPT, sinusoidal_positions
 from psyduck.tokenizer import EOT, Tokenizer, cl100k_base, load_tokenizer
@@ -41,7 +41,7 @@ def make_run(root: Path, tok: Tokenizer, seed: int = 0, **model: object) -> GPT:
         for name, p in m.named_parameters():
             p.add_(torch.randn_like(p) * (0.1 if "norm" in name or name.endswith("bias") else 0.2))
     root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / "config.json", Config(model=cfg).to_dict())
+    write_json_atomic(root / "config.json", Config(model=cfg, data=DataConfig(tokenizer=tok.name)).to_dict())
     tok.save(root)
     save_checkpoint(root, 0, m, None, {})
     return m.eval()
