@@ -131,6 +131,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     max_seconds: float = 0.0  # stop after this much training time (0: no limit)
     on_nan: str = "stop"  # stop | skip: what a NaN or inf loss does
+    loggers: str = ""  # also send metrics to: tensorboard, wandb (comma-separated; imported only if named)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
@@ -144,6 +145,9 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum", "eval_interval", "eval_iters"):
             if getattr(self, key) < 1:
                 raise PsyDuckError(f"train.{key} must be a positive integer, got {getattr(self, key)}")
+        for name in filter(None, (n.strip() for n in self.loggers.split(","))):
+            if name not in ("tensorboard", "wandb"):
+                raise PsyDuckError(f"unknown logger {name!r} in train.loggers; use tensorboard and/or wandb")
         if self.max_iters < 0:
             raise PsyDuckError(f"train.max_iters must be >= 0, got {self.max_iters}")
         if self.lr <= 0:

@@ -379,7 +379,7 @@ class Trainer:
             except ValueError:  # not the main thread
                 pass
         if self.dist.main:
-            self.loggers = ExternalLoggers.from_env(self.cfg, self.out)
+            self.loggers = ExternalLoggers.create(self.cfg, self.out)
         self.log(
             f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device} ({str(self.dtype).replace('torch.', '')}), "
             f"{self.data.num_tokens('train'):,} train tokens, {self.tokens_per_step:,} tokens/step, "
@@ -533,7 +533,7 @@ def train(
 # ---------------------------------------------------------------------------------------------
 
 class ExternalLoggers:
-    """Forward metric rows to TensorBoard and/or W&B when PSYDUCK_LOGGERS names them."""
+    """Forward metric rows to TensorBoard and/or W&B when `train.loggers` names them."""
 
     def __init__(self, sinks: list[Any]) -> None:
         self.sinks = sinks
@@ -543,8 +543,8 @@ class ExternalLoggers:
         return cls([])
 
     @classmethod
-    def from_env(cls, cfg: Config, out: Path) -> "ExternalLoggers":
-        names = [n.strip() for n in os.environ.get("PSYDUCK_LOGGERS", "").split(",") if n.strip()]
+    def create(cls, cfg: Config, out: Path) -> "ExternalLoggers":
+        names = [n.strip() for n in cfg.train.loggers.split(",") if n.strip()]
         sinks: list[Any] = []
         for name in names:
             if name == "tensorboard":
@@ -560,7 +560,7 @@ class ExternalLoggers:
                     raise PsyDuckError("wandb logging asked for but not installed; pip install wandb") from None
                 sinks.append(("wandb", wandb.init(project="psyduck", name=out.name, config=cfg.to_dict())))
             else:
-                raise PsyDuckError(f"unknown logger {name!r} in PSYDUCK_LOGGERS; use tensorboard and/or wandb")
+                raise PsyDuckError(f"unknown logger {name!r} in train.loggers; use tensorboard and/or wandb")
         return cls(sinks)
 
     def log(self, row: dict[str, Any], step: int) -> None:

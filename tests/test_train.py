@@ -209,3 +209,13 @@ def test_init_from_refuses_a_same_named_but_different_tokenizer(tiny_cfg, tmp_pa
         f"data at {other} was prepared with a different bpe-512 tokenizer than the run's "
         "(same name, other vocabulary); prepare the data with the run's tokenizer or start a new run"
     )
+
+
+def test_external_loggers_are_imported_only_when_asked(tiny_cfg, tmp_path):
+    import sys
+
+    train(tiny_cfg.replace({"max_iters": 2}), tmp_path / "plain", progress=False)
+    assert "torch.utils.tensorboard" not in sys.modules and "wandb" not in sys.modules
+    with pytest.raises(PsyDuckError) as e:
+        train(tiny_cfg.replace({"max_iters": 2, "loggers": "mlflow"}), tmp_path / "bad", progress=False)
+    assert str(e.value) == "unknown logger 'mlflow' in train.loggers; use tensorboard and/or wandb"
