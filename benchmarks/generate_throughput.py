@@ -1,0 +1,161 @@
+"""Generation throughput: the seed's generate vs PsyDuck's KV-cache generate, same weights.
+
+    python benchmarks/generate_throughput.py            # seed-60m, prompt "The world", 256 new tokens, 3 repeats
+    python benchmarks/generate_throughput.py --quick    # 1 repeat (under two minutes)
+    python benchmarks/generate_throughput.py --device cuda
+
+Both sides hold the *same* weights: a randomly initialised `psyduck.model.GPT` at the seed-60m
+shape is copied into the seed-style baseline (benchmarks/baselines/seed_gpt.py: per-head q/k/v,
+untied output layer, sinusoidal positions), and the benchmark checks that the two give the same
+logits for the prompt before timing anything.
+
+- baseline: the seed's `generate`, which for every new token crops the context to the last
+  block_size tokens and runs the whole window through the model (logits for every position,
+  keep the last), then samples with `torch.multinomial`;
+- PsyDuck: `GPT.generate_stream` (prompt run once, then one token at a time through a KV cache;
+  when the 128-token window is full, the newest half is kept and the cache rebuilt), sampling at
+  temperature 1 (the same distribution as the seed's);
+- batch 1, prompt "The world" (cl100k_base), 256 new tokens, fp32 on CPU (bf16 autocast on CUDA),
+  no gradients on either side. Time to first token = from the call to the first sampled token.
+  tokens/s = new tokens / total time. ratio = PsyDuck tokens/s over the baseline's. Repeats
+  alternate between the sides; the median repeat is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from baselines.seed_gpt import SeedGPT  # noqa: E402
+from common import add_common_args, emit, machine, median, rounded, setup  # noqa: E402
+
+from psyduck import hardware  # noqa: E402
+from psyduck.config import get_preset  # noqa: E402
+from psyduck.model import GPT  # noqa: E402
+from psyduck.tokenizer import make_tokenizer  # noqa: E402
+
+
+@torch.no_grad()
+def copy_weights(src: GPT, dst: SeedGPT) -> None:
+    """PsyDuck's weights into the seed-style model (q, k, v biases must be zero: the seed has none)."""
+    cfg = src.config
+    hs = cfg.head_size
+    dst.token_embedding.weight.copy_(src.tok_emb.weight)
+    for blk, sblk in zip(src.blocks, dst.blocks):
+        w = blk.attn.qkv.weight  # rows: all q heads, all k heads, all v heads
+        if blk.attn.qkv.bias is not None:
+            blk.attn.qkv.bias.zero_()
+        for h, head in enumerate(sblk.mha.heads):
+            head.Wq.weight.copy_(w[h * hs : (h + 1) * hs])
+            head.Wk.weight.copy_(w[cfg.d_model + h * hs : cfg.d_model + (h + 1) * hs])
+            head.Wv.weight.copy_(w[2 * cfg.d_model + h * hs : 2 * cfg.d_model + (h + 1) * hs])
+        sblk.mha.projection.load_state_dict(blk.attn.proj.state_dict())
+        sblk.ln1.load_state_dict(blk.norm1.state_dict())
+        sblk.ln2.load_state_dict(blk.norm2.state_dict())
+        sblk.ffn.ffn[0].load_state_dict(blk.ffn.up.state_dict())
+        sblk.ffn.ffn[2].load_state_dict(blk.ffn.down.state_dict())
+    dst.blocks[-1].load_state_dict(src.norm.state_dict())
+    dst.out.load_state_dict(src.lm_head.state_dict())
+
+
+def time_baseline(model: SeedGPT, idx: torch.Tensor, n: int, device, seed: int) -> tuple[float, float]:  # noqa: ANN001
+    """The seed's generate, one token per call (the same work as generate(idx, n)); (ttft, total)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    hardware.sync(device)
+    start = time.perf_counter()
+    ttft = None
+    with torch.no_grad():
+        for _ in range(n):
+            idx = model.generate(idx, 1, generator=g)
+            if ttft is None:
+                hardware.sync(device)
+                ttft = time.perf_counter() - start
+    hardware.sync(device)
+    return ttft, time.perf_counter() - start
+
+
+def time_psyduck(model: GPT, idx: torch.Tensor, n: int, device, seed: int) -> tuple[float, float]:  # noqa: ANN001
+    hardware.sync(device)
+    start = time.perf_counter()
+    ttft, count = None, 0
+    for tok in model.generate_stream(idx, n, temperature=1.0, seed=seed):
+        tok.item()  # the token is on the host: what a caller printing it would wait for
+        count += 1
+        if ttft is None:
+            ttft = time.perf_counter() - start
+    hardware.sync(device)
+    assert count == n
+    return ttft, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--preset", default="seed-60m")
+    p.add_argument("--prompt", default="The world")
+    p.add_argument("--tokens", type=int, default=256, help="new tokens per generation")
+    p.add_argument("--repeats", type=int, default=0, help="generations per side (default 3; 1 with --quick)")
+    args = p.parse_args()
+    device, dtype = setup(args)
+    cfg = get_preset(args.preset)
+    tok = make_tokenizer(cfg.data.tokenizer) if cfg.data.tokenizer == "cl100k_base" else None
+    if tok is None:
+        from common import bench_data
+
+        tok = bench_data(cfg.data.tokenizer).tokenizer()
+    cfg.model.vocab_size = tok.vocab_size
+    cfg.model.dropout = 0.0
+    torch.manual_seed(0)
+    psy = GPT(cfg.model).to(device).eval()
+    base = SeedGPT.from_config(cfg.model).to(device).eval()
+    copy_weights(psy, base)
+    idx = torch.tensor([tok.encode(args.prompt)], device=device)
+    ac = hardware.autocast(device, dtype)
+    with torch.no_grad(), ac:
+        a = psy(idx)[0][:, -1].float()
+        b = base(idx)[0][:, -1].float()
+    same = float((a - b).abs().max())
+    if same > 1e-3:
+        raise SystemExit(f"the two models disagree on the prompt's logits (max |diff| {same}); weight copy is wrong")
+    if args.compile:
+        base.forward = torch.compile(base.forward)
+        psy.body = torch.compile(psy.body, dynamic=True)
+    repeats = args.repeats or (1 if args.quick else 3)
+    # warm-up: a few tokens each
+    with ac:
+        time_baseline(base, idx, 4, device, 0)
+        time_psyduck(psy, idx, 4, device, 0)
+        runs: dict[str, list[tuple[float, float]]] = {"baseline": [], "psyduck": []}
+        for r in range(repeats):
+            runs["baseline"].append(time_baseline(base, idx, args.tokens, device, r))
+            runs["psyduck"].append(time_psyduck(psy, idx, args.tokens, device, r))
+            print(f"[generate_throughput] repeat {r}: {runs}", file=sys.stderr, flush=True)
+    res: dict = {}
+    for side, rs in runs.items():
+        total = median([t for _, t in rs])
+        res[side] = {"tokens_per_s": args.tokens / total, "time_to_first_token_s": median([f for f, _ in rs]),
+                     "total_s": total, "runs_total_s": [t for _, t in rs]}
+    out = {
+        "benchmark": "generate_throughput",
+        "machine": machine(device),
+        "precision": str(dtype).replace("torch.", ""),
+        "preset": args.preset,
+        "prompt": args.prompt,
+        "prompt_tokens": idx.shape[1],
+        "new_tokens": args.tokens,
+        "prompt_logits_max_abs_diff": same,
+        **res,
+        "ratio": res["psyduck"]["tokens_per_s"] / res["baseline"]["tokens_per_s"],
+        "ttft_ratio": res["baseline"]["time_to_first_token_s"] / res["psyduck"]["time_to_first_token_s"],
+    }
+    emit(rounded(out))
+
+
+if __name__ == "__main__":
+    main()

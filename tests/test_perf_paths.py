@@ -1,0 +1,138 @@
+"""The optimized paths compute what the plain paths compute (no timings here: see benchmarks/).
+
+- the fused linear cross-entropy (`psyduck.losses.chunked_cross_entropy`) equals one matmul +
+  `F.cross_entropy`, loss and gradients with respect to h, the weight and the bias, for any block
+  size, with ignored targets (-1), with and without bias, under no_grad and under autocast;
+- the model's training call `model(x, y, return_logits=False)` gives the loss and parameter
+  gradients of the full-logits call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psyduck.config import ModelConfig
+from psyduck.losses import chunk_rows, chunked_cross_entropy
+from psyduck.model import GPT
+
+
+def plain(h, w, b, y):
+    return F.cross_entropy(F.linear(h, w, b).reshape(-1, w.shape[0]), y.reshape(-1), ignore_index=-1)
+
+
+def loss_and_grads(fn, h, w, b, y, upstream=1.0):
+    leaves = [t.detach().clone().requires_grad_() for t in (h, w) + ((b,) if b is not None else ())]
+    loss = fn(leaves[0], leaves[1], leaves[2] if b is not None else None, y)
+    (loss * upstream).backward()
+    return loss.detach(), [t.grad for t in leaves]
+
+
+def make(n, c, v, bias, ignore, dtype=torch.float64, seed=0, lead=()):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(*lead, n, c, generator=g, dtype=dtype)
+    w = torch.randn(v, c, generator=g, dtype=dtype) * 0.5
+    b = torch.randn(v, generator=g, dtype=dtype) if bias else None
+    y = torch.randint(0, v, (*lead, n), generator=g)
+    y[torch.rand(y.shape, generator=g) < ignore] = -1
+    return h, w, b, y
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 40), c=st.integers(1, 17), v=st.integers(2, 300), bias=st.booleans(),
+    ignore=st.sampled_from([0.0, 0.3, 0.9]), rows=st.integers(1, 45), upstream=st.sampled_from([1.0, 2.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_loss_and_grads_equal_plain(n, c, v, bias, ignore, rows, upstream, seed):
+    h, w, b, y = make(n, c, v, bias, ignore, seed=seed)
+    ref_loss, ref_grads = loss_and_grads(plain, h, w, b, y, upstream)
+    loss, grads = loss_and_grads(lambda *a: chunked_cross_entropy(*a, rows_per_chunk=rows), h, w, b, y, upstream)
+    if bool((y == -1).all()):  # nothing to average over: NaN, as F.cross_entropy gives, and zero gradients
+        assert torch.isnan(loss) and torch.isnan(ref_loss)
+    else:
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-10)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_batched_shapes_and_default_block_size(bias):
+    h, w, b, y = make(33, 24, 1013, bias, 0.2, dtype=torch.float32, lead=(3,))  # h (3, 33, 24), y (3, 33)
+    ref_loss, ref_grads = loss_and_grads(plain, h, w, b, y)
+    loss, grads = loss_and_grads(chunked_cross_entropy, h, w, b, y)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_only_some_inputs_need_grad():
+    h, w, b, y = make(20, 8, 50, True, 0.1)
+    w = w.clone().requires_grad_()
+    loss = chunked_cross_entropy(h, w, b, y, rows_per_chunk=3)  # h and b are constants
+    loss.backward()
+    w2 = w.detach().clone().requires_grad_()
+    plain(h, w2, b, y).backward()
+    torch.testing.assert_close(w.grad, w2.grad)
+
+
+def test_no_grad_gives_the_same_loss():
+    h, w, b, y = make(50, 16, 777, True, 0.25, dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_cross_entropy(h, w, b, y, rows_per_chunk=7), plain(h, w, b, y))
+
+
+def test_bf16_autocast_matches_plain_autocast():
+    h, w, b, y = make(64, 32, 500, True, 0.1, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss, ref_grads = loss_and_grads(lambda h, w, b, y: F.cross_entropy(F.linear(h, w, b).float(), y, ignore_index=-1), h, w, b, y)
+        loss, grads = loss_and_grads(chunked_cross_entropy, h, w, b, y)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref_loss, rtol=2e-2, atol=2e-2)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-3)
+
+
+def test_chunk_rows_bounds():
+    assert chunk_rows(100_277, 2048) == 512
+    assert chunk_rows(8192, 2048) == 2048  # a small vocabulary: one block
+    assert chunk_rows(10**9, 5) == 1
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(tie_embeddings=True, bias=False),
+        dict(tie_embeddings=False, bias=True),
+        dict(tie_embeddings=False, bias=True, dropout=0.0, pos="sinusoidal", norm="layernorm", activation="relu"),
+    ],
+)
+def test_model_training_loss_equals_full_logits_loss(variant):
+    cfg = dataclasses.replace(
+        ModelConfig(vocab_size=301, block_size=16, d_model=32, n_layer=2, n_head=4, dropout=0.0, pos="rope",
+                    norm="rmsnorm", activation="gelu"),
+        **variant,
+    )
+    torch.manual_seed(0)
+    model = GPT(cfg)  # fp32: the full-logits path computes its loss in fp32
+    x = torch.randint(0, 301, (3, 16))
+    y = torch.randint(0, 301, (3, 16))
+    y[0, :5] = -1
+    logits, full = model(x, y)
+    assert logits.shape == (3, 16, 301)
+    full.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    none, fused = model(x, y, return_logits=False)
+    assert none is None
+    fused.backward()
+    torch.testing.assert_close(fused, full, rtol=1e-6, atol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
