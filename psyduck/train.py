@@ -522,7 +522,10 @@ def train(
     """
     trainer = Trainer(cfg, out, resume=resume, init_from=init_from, progress=progress)
     try:
-        return trainer.run()
+        result = trainer.run()
+        if trainer.dist.enabled:
+            dist.barrier()  # rank 0 may still be drawing or saving: leave together, or gloo hangs in teardown
+        return result
     finally:
         if trainer.dist.enabled and dist.is_initialized():
             dist.destroy_process_group()
