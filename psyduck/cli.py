@@ -94,7 +94,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for token in stream:
         t = int(token[0])
         if t == tok.eot_id:
-            break
+            if not args.no_stop:
+                break
+            continue  # with --no-stop, document boundaries pass silently
         new.append(t)
         text = tok.decode(new)
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
