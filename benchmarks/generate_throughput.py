@@ -16,9 +16,10 @@ logits for the prompt before timing anything.
   when the 128-token window is full, the newest half is kept and the cache rebuilt), sampling at
   temperature 1 (the same distribution as the seed's);
 - batch 1, prompt "The world" (cl100k_base), 256 new tokens, fp32 on CPU (bf16 autocast on CUDA),
-  no gradients on either side. Time to first token = from the call to the first sampled token.
-  tokens/s = new tokens / total time. ratio = PsyDuck tokens/s over the baseline's. Repeats
-  alternate between the sides; the median repeat is reported.
+  no gradients on either side. The sides take turns token by token (so load from other processes
+  hits both alike); each side's clock counts only its own tokens. Time to first token = from the
+  call to the first sampled token. tokens/s = new tokens / total time. ratio = PsyDuck tokens/s
+  over the baseline's; the median of the repeats is reported.
 """
 
 from __future__ import annotations
@@ -64,34 +65,32 @@ def copy_weights(src: GPT, dst: SeedGPT) -> None:
     dst.out.load_state_dict(src.lm_head.state_dict())
 
 
-def time_baseline(model: SeedGPT, idx: torch.Tensor, n: int, device, seed: int) -> tuple[float, float]:  # noqa: ANN001
-    """The seed's generate, one token per call (the same work as generate(idx, n)); (ttft, total)."""
+def race(base: SeedGPT, psy: GPT, idx: torch.Tensor, n: int, device, seed: int) -> dict[str, tuple[float, float]]:  # noqa: ANN001
+    """Both sides generate n tokens, one token each in turn, so that load from other processes
+    falls on both alike. Returns {side: (time to first token, total seconds)}.
+
+    The baseline is the seed's `generate`, called for one token at a time on its growing sequence:
+    the same work as one `generate(idx, n)` call (it re-runs the cropped window for every token).
+    PsyDuck is one `generate_stream` call; each token is fetched to the host (`.item()`), as a
+    caller printing it would.
+    """
     g = torch.Generator(device=device).manual_seed(seed)
-    hardware.sync(device)
-    start = time.perf_counter()
-    ttft = None
+    seq = idx
+    stream = psy.generate_stream(idx, n, temperature=1.0, seed=seed)
+    spent = {"baseline": [], "psyduck": []}
     with torch.no_grad():
         for _ in range(n):
-            idx = model.generate(idx, 1, generator=g)
-            if ttft is None:
-                hardware.sync(device)
-                ttft = time.perf_counter() - start
-    hardware.sync(device)
-    return ttft, time.perf_counter() - start
-
-
-def time_psyduck(model: GPT, idx: torch.Tensor, n: int, device, seed: int) -> tuple[float, float]:  # noqa: ANN001
-    hardware.sync(device)
-    start = time.perf_counter()
-    ttft, count = None, 0
-    for tok in model.generate_stream(idx, n, temperature=1.0, seed=seed):
-        tok.item()  # the token is on the host: what a caller printing it would wait for
-        count += 1
-        if ttft is None:
-            ttft = time.perf_counter() - start
-    hardware.sync(device)
-    assert count == n
-    return ttft, time.perf_counter() - start
+            hardware.sync(device)
+            t0 = time.perf_counter()
+            seq = base.generate(seq, 1, generator=g)
+            hardware.sync(device)
+            t1 = time.perf_counter()
+            next(stream).item()
+            t2 = time.perf_counter()
+            spent["baseline"].append(t1 - t0)
+            spent["psyduck"].append(t2 - t1)
+    assert seq.shape[1] == idx.shape[1] + n
+    return {k: (v[0], sum(v)) for k, v in spent.items()}
 
 
 def main() -> None:
@@ -129,12 +128,11 @@ def main() -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     # warm-up: a few tokens each
     with ac:
-        time_baseline(base, idx, 4, device, 0)
-        time_psyduck(psy, idx, 4, device, 0)
+        race(base, psy, idx, 4, device, 0)
         runs: dict[str, list[tuple[float, float]]] = {"baseline": [], "psyduck": []}
         for r in range(repeats):
-            runs["baseline"].append(time_baseline(base, idx, args.tokens, device, r))
-            runs["psyduck"].append(time_psyduck(psy, idx, args.tokens, device, r))
+            for side, v in race(base, psy, idx, args.tokens, device, r).items():
+                runs[side].append(v)
             print(f"[generate_throughput] repeat {r}: {runs}", file=sys.stderr, flush=True)
     res: dict = {}
     for side, rs in runs.items():

@@ -13,9 +13,9 @@ The two sides:
   PsyDuck's own trainer would run the same recipe about twice as fast, see train_throughput.py.)
 - cpu-small: PsyDuck's `Trainer` (its real `train_step`: fused AdamW, fused output layer + loss,
   cosine schedule, clipping) on the `cpu-small` preset, plus any `key=value` overrides given.
-  The cosine schedule is defined over max_iters, so after the first 10 steps the benchmark sets
-  max_iters to the number of steps that fit the budget at the measured step time (still inside
-  warm-up, so no step's learning rate changes after the fact).
+  The cosine schedule is defined over max_iters, so before each step after warm-up the benchmark
+  sets max_iters such that the schedule's progress equals the fraction of the time budget spent
+  (the learning rate reaches min_lr when the budget ends, whatever the step time turns out to be).
 
 Both train on the embedded corpus (wiki-vital), prepared into data/bench-cl100k and
 data/bench-bpe<N>. Method:
@@ -197,12 +197,20 @@ def first_time_at_or_below(curve: list[dict], target: float) -> float | None:
     return 0.0 if curve and curve[0]["bpb"] <= target else None
 
 
-def race(sides: dict, held: dict, budget: float, device, autocast, calibrate: str | None, quick: bool = False) -> dict:  # noqa: ANN001
+def fit_schedule(t, step: int, fraction: float) -> None:  # noqa: ANN001 - a TrainConfig
+    """Set max_iters so that the cosine schedule's progress at `step` equals the fraction of the
+    time budget spent: the learning rate then decays over the budget, whatever the step time."""
+    if t.schedule != "cosine" or step < t.warmup_iters:
+        return
+    done = step - t.warmup_iters
+    t.max_iters = t.warmup_iters + max(done + 1, math.ceil(done / max(fraction, 1e-9)))
+
+
+def race(sides: dict, held: dict, budget: float, device, autocast, timed_schedule: str | None, quick: bool = False) -> dict:  # noqa: ANN001
     clock = {k: 0.0 for k in sides}
     losses = {k: [] for k in sides}
     curves = {k: [] for k in sides}
     todo = {k: eval_times(budget, quick) for k in sides}
-    calibrated = calibrate is None
 
     def evaluate(k: str) -> None:
         s = sides[k]
@@ -226,6 +234,8 @@ def race(sides: dict, held: dict, budget: float, device, autocast, calibrate: st
         if not active:
             break
         k = min(active, key=lambda name: clock[name])
+        if k == timed_schedule:
+            fit_schedule(sides[k].cfg.train, sides[k].step, clock[k] / budget)
         hardware.sync(device)
         t0 = time.perf_counter()
         loss = sides[k].train_step()
@@ -235,12 +245,6 @@ def race(sides: dict, held: dict, budget: float, device, autocast, calibrate: st
             losses[k].append(loss)
         if loss is not None and not math.isfinite(loss):
             raise SystemExit(f"{k} diverged (loss {loss}) at step {sides[k].step}")
-        if not calibrated and k == calibrate and sides[k].step == 10:
-            calibrated = True
-            t = sides[k].cfg.train
-            per_step = clock[k] / 10
-            t.max_iters = max(11, 10 + int((budget - clock[k]) / per_step))
-            print(f"[time_to_quality] {k}: {per_step:.3f} s/step -> max_iters {t.max_iters}", file=sys.stderr, flush=True)
     for k in sides:  # the final point at the end of the budget
         if not curves[k] or curves[k][-1]["step"] != sides[k].step:
             evaluate(k)
