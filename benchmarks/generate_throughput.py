@@ -120,7 +120,7 @@ def main() -> None:
         a = psy(idx)[0][:, -1].float()
         b = base(idx)[0][:, -1].float()
     same = float((a - b).abs().max())
-    if same > 1e-3:
+    if same > (1e-3 if dtype == torch.float32 else 5e-2):  # bf16/fp16 autocast rounds differently per layout
         raise SystemExit(f"the two models disagree on the prompt's logits (max |diff| {same}); weight copy is wrong")
     if args.compile:
         base.forward = torch.compile(base.forward)

@@ -294,15 +294,15 @@ def main() -> None:
         if args.only != "cpu-small":
             sides["seed"] = SeedRecipe(device, dtype)
         if args.only != "seed":
-            sides["cpu-small"] = CpuSmall(device, dtype, args.overrides, Path(tmp) / "run")
+            extra = ["train.compile=true"] if args.compile else []
+            sides["cpu-small"] = CpuSmall(device, dtype, args.overrides + extra, Path(tmp) / "run")
         for k, s in sides.items():
             names[k] = s.name
         held = {k: HeldOut(s.data, eval_bytes, s.cfg.model.block_size, 8) for k, s in sides.items()}
         if len({h.text_sha for h in held.values()}) != 1 or len({h.bytes for h in held.values()}) != 1:
             raise SystemExit("the two sides' held-out documents differ; prepare both data folders from the same source")
-        if args.compile:
-            for s in sides.values():
-                s.model.forward = torch.compile(s.model.forward)
+        if args.compile and "seed" in sides:  # cpu-small compiles through its own config (train.compile)
+            sides["seed"].model.forward = torch.compile(sides["seed"].model.forward)
         curves = race(sides, held, budget, device, autocast, "cpu-small" if "cpu-small" in sides else None, args.quick)
 
     target = curves["seed"][-1]["bpb"] if "seed" in curves else args.target_bpb

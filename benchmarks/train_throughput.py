@@ -4,12 +4,14 @@
     python benchmarks/train_throughput.py --quick              # smoke run, under two minutes (fewer steps;
                                                                # memory for the first preset only)
     python benchmarks/train_throughput.py --preset seed-60m --steps 8
-    python benchmarks/train_throughput.py --device cuda --compile --preset gpt2-124m   # on a GPU (bf16 autocast)
+    python benchmarks/train_throughput.py --device cuda --compile --preset gpt2-124m --vocab-size 50304 \
+        --lever fused_loss                                     # on a GPU (bf16 autocast), GPT-2 small's shape
 
 For each preset, both sides are built at the preset's shape (vocab, context, width, depth, heads,
 dropout, batch): the baseline is benchmarks/baselines/seed_gpt.py with the seed's plain AdamW;
 PsyDuck is `psyduck.model.GPT` with the preset's architecture, `train.make_optimizer` (fused AdamW)
-and the training call `model(x, y, return_logits=False)` (fused linear cross-entropy), stepped the
+and the training call `model(x, y, return_logits=...)` with the loss `train.loss=auto` picks (fused
+linear cross-entropy on CPUs, compiled full logits on GPUs: psyduck.losses.use_fused_loss), stepped the
 way `Trainer.train_step` steps (lr schedule, gradient clipping when the preset asks for it).
 
 Method:
@@ -26,9 +28,10 @@ Method:
   weights, gradients, AdamW state, activations, logits). memory ratio = PsyDuck's footprint over the
   baseline's. On CUDA: `torch.cuda.max_memory_allocated` in this process, per side;
 - levers (`--levers`, on by default in full runs): PsyDuck with one lever undone at a time, each
-  timed alternating with the full PsyDuck step: plain loss (full logits + F.cross_entropy), default
-  AdamW, teaching attention (per-head explicit mask), and the token embedding frozen (an upper
-  bound on what skipping untouched embedding rows could save).
+  timed alternating with the full PsyDuck step: the other loss (plain_loss, full logits +
+  F.cross_entropy, on a CPU; fused_loss on a GPU), default AdamW, teaching attention (per-head
+  explicit mask), and the token embedding frozen (an upper bound on what skipping untouched
+  embedding rows could save).
 """
 
 from __future__ import annotations
@@ -52,24 +55,29 @@ from common import (  # noqa: E402
 
 from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
+from psyduck.losses import use_fused_loss  # noqa: E402
 from psyduck.model import GPT, MultiHeadAttention  # noqa: E402
 from psyduck.train import lr_at, make_optimizer  # noqa: E402
 
 
-def preset_config(name: str, batch_size: int | None = None):  # noqa: ANN201
+def preset_config(name: str, batch_size: int | None = None, vocab_size: int | None = None):  # noqa: ANN201
     cfg = get_preset(name)
     data = bench_data(cfg.data.tokenizer)
-    cfg.model.vocab_size = data.vocab_size
+    cfg.model.vocab_size = vocab_size or data.vocab_size
     if batch_size:
         cfg.train.batch_size = batch_size
     return cfg, data
 
 
 def batches(cfg, data, n: int, device) -> list:  # noqa: ANN001
+    """`n` training batches of real text; with --vocab-size smaller than the tokenizer's, ids are
+    folded into range (id % vocab_size): the timing depends on the shape, not on which ids."""
     g = torch.Generator().manual_seed(1234)
     out = []
     for _ in range(n):
         x, y = data.get_batch("train", cfg.train.batch_size, cfg.model.block_size, g)
+        if cfg.model.vocab_size < data.vocab_size:
+            x, y = x % cfg.model.vocab_size, y % cfg.model.vocab_size
         out.append((x.to(device), y.to(device)))
     return out
 
@@ -105,7 +113,7 @@ def baseline_side(cfg, device, dtype, compile_: bool) -> Side:  # noqa: ANN001
     return Side("baseline", model, opt, step)
 
 
-def psyduck_side(cfg, device, dtype, compile_: bool, *, plain_loss: bool = False, default_adamw: bool = False,
+def psyduck_side(cfg, device, dtype, compile_: bool, *, loss: str = "auto", default_adamw: bool = False,
                  teaching: bool = False, frozen_embedding: bool = False, model: GPT | None = None) -> Side:  # noqa: ANN001
     t = cfg.train
     if model is None:
@@ -125,6 +133,7 @@ def psyduck_side(cfg, device, dtype, compile_: bool, *, plain_loss: bool = False
     net = torch.compile(model) if compile_ else model
     ac = hardware.autocast(device, dtype)
     attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    full_logits = not use_fused_loss(loss, device)  # as the Trainer decides (train.loss)
 
     def step(side: Side, x, y) -> float:  # noqa: ANN001
         for m in attn:
@@ -132,15 +141,15 @@ def psyduck_side(cfg, device, dtype, compile_: bool, *, plain_loss: bool = False
         for group in opt.param_groups:
             group["lr"] = lr_at(side.steps, t)
         with ac:
-            _, loss = net(x, y, return_logits=plain_loss)
-        loss.backward()
+            _, value = net(x, y, return_logits=full_logits)
+        value.backward()
         if t.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         for m in attn:
             m.teaching = model.config.attention == "teaching"
-        return loss.item()
+        return value.item()
 
     return Side("psyduck", model, opt, step)
 
@@ -224,7 +233,7 @@ def measure_memory_cuda(cfg, data, device, dtype, compile_: bool) -> dict:  # no
 
 
 def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # noqa: ANN001
-    cfg, data = preset_config(name, args.batch_size)
+    cfg, data = preset_config(name, args.batch_size, args.vocab_size)
     steps = args.steps or ((2 if name == "seed-60m" else 3) if args.quick else 8)
     warmup = 1 if args.quick else 2
     b = batches(cfg, data, 4, device)
@@ -247,13 +256,16 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
     print(json.dumps(rounded({"timing": res})), file=sys.stderr, flush=True)
     if args.levers:
         levers = {}
+        other_loss = "plain_loss" if use_fused_loss("auto", device) else "fused_loss"
         variants = {
-            "plain_loss": dict(plain_loss=True),  # full logits + F.cross_entropy
+            other_loss: dict(loss=other_loss.split("_")[0]),  # plain: full logits + F.cross_entropy
             "default_adamw": dict(default_adamw=True),
             "teaching_attention": dict(teaching=True),
         }
         if not cfg.model.tie_embeddings:
             variants["frozen_embedding"] = dict(frozen_embedding=True)
+        if args.lever:
+            variants = {k: v for k, v in variants.items() if k in args.lever}
         for lever, kw in variants.items():
             model = copy.deepcopy(psy.model)
             other = psyduck_side(cfg, device, dtype, args.compile, model=model, **kw)
@@ -280,6 +292,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=0, help="override the preset's batch size")
     p.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
                    help="time each lever undone (default: on, off with --quick)")
+    p.add_argument("--lever", action="append", choices=["plain_loss", "fused_loss", "default_adamw", "teaching_attention", "frozen_embedding"],
+                   help="time only these levers (repeatable; implies --levers)")
+    p.add_argument("--vocab-size", type=int, default=0,
+                   help="model vocabulary instead of the tokenizer's (ids folded in range), e.g. 50304 for GPT-2's shape")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-child", choices=["baseline", "psyduck"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -287,7 +303,7 @@ def main() -> None:
         memory_child(args.memory_child, args.preset[0], args.steps, args.batch_size or None)
         return
     if args.levers is None:
-        args.levers = not args.quick
+        args.levers = bool(args.lever) or not args.quick
     device, dtype = setup(args)
     presets = args.preset or ["seed-60m", "cpu-small"]
     results = {}

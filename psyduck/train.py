@@ -55,6 +55,7 @@ from psyduck.checkpoint import (
 from psyduck.config import Config, TrainConfig
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
+from psyduck.losses import use_fused_loss
 from psyduck.model import GPT
 from psyduck.plot import BackgroundPlotter
 from psyduck.tokenizer import Tokenizer, load_tokenizer
@@ -101,10 +102,11 @@ class Distributed:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    launched: bool = False  # started by torchrun: use the process group even when alone
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.launched or self.world_size > 1
 
     @property
     def main(self) -> bool:
@@ -114,7 +116,7 @@ class Distributed:
     def from_env(cls) -> "Distributed":
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             return cls()
-        return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]))
+        return cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"]), True)
 
 
 class Trainer:
@@ -191,6 +193,7 @@ class Trainer:
         self.dtype = hardware.pick_dtype(self.device, t.dtype)
         self.autocast = hardware.autocast(self.device, self.dtype)
         self.accum = t.grad_accum // self.dist.world_size
+        self.full_logits = not use_fused_loss(t.loss, self.device)  # plain loss: keep the (B, T, V) logits
 
         # -- model and optimizer ---------------------------------------------------------------
         torch.manual_seed(t.seed + self.dist.rank)  # weights are broadcast by DDP; dropout differs per rank
@@ -383,7 +386,7 @@ class Trainer:
         self.log(
             f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device} ({str(self.dtype).replace('torch.', '')}), "
             f"{self.data.num_tokens('train'):,} train tokens, {self.tokens_per_step:,} tokens/step, "
-            f"{self.dist.world_size} process(es) -> {self.out}"
+            f"{self.dist.world_size} process(es){f' ({dist.get_backend()})' if self.dist.enabled else ''} -> {self.out}"
         )
         last_row: dict[str, Any] = {}
         bar = None
@@ -469,7 +472,7 @@ class Trainer:
             if self.dist.enabled and micro < self.accum - 1:
                 sync = self.net.no_sync()  # only the last micro-batch all-reduces gradients
             with sync, self.autocast:
-                _, loss = self.net(x[sl], y[sl], return_logits=False)
+                _, loss = self.net(x[sl], y[sl], return_logits=self.full_logits)
             self.scaler.scale(loss / self.accum).backward()
             total += loss.detach().float()
         total /= self.accum
