@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from psyduck.config import ModelConfig
+from psyduck.decode_layout import decode_layout
 from psyduck.losses import chunked_cross_entropy
 from psyduck.sampling import check_sampling, sample_next
 
@@ -336,29 +337,30 @@ class GPT(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            bs = self.config.block_size
-            generator = None
-            if seed is not None:
-                generator = torch.Generator(device=idx.device).manual_seed(seed)
-            context = idx[:, -bs:]  # crop prompts longer than the window, as the seed does
-            cache = KVCache.for_model(self, idx.shape[0], idx.device, next(self.parameters()).dtype)
-            logits = self.lm_head(self.body(context, cache)[:, -1])  # (B, V) for the last position only
-            done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-            for _ in range(max_new_tokens):
-                nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-                if eot_id is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
-                    done |= nxt == eot_id
-                yield nxt
-                if eot_id is not None and bool(done.all()):
-                    return
-                context = torch.cat([context, nxt[:, None]], dim=1)
-                if cache.length == bs:  # window full: keep the newest half, rebuild the cache from it
-                    context = context[:, -(bs // 2 + 1) :]
-                    cache.reset()
-                    logits = self.lm_head(self.body(context, cache)[:, -1])
-                else:
-                    logits = self.lm_head(self.body(nxt[:, None], cache)[:, -1])
+            with decode_layout(self):  # CPU: wide layers use transposed copies, ~2x faster per token
+                bs = self.config.block_size
+                generator = None
+                if seed is not None:
+                    generator = torch.Generator(device=idx.device).manual_seed(seed)
+                context = idx[:, -bs:]  # crop prompts longer than the window, as the seed does
+                cache = KVCache.for_model(self, idx.shape[0], idx.device, next(self.parameters()).dtype)
+                logits = self.lm_head(self.body(context, cache)[:, -1])  # (B, V) for the last position only
+                done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+                for _ in range(max_new_tokens):
+                    nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+                    if eot_id is not None:
+                        nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
+                        done |= nxt == eot_id
+                    yield nxt
+                    if eot_id is not None and bool(done.all()):
+                        return
+                    context = torch.cat([context, nxt[:, None]], dim=1)
+                    if cache.length == bs:  # window full: keep the newest half, rebuild the cache from it
+                        context = context[:, -(bs // 2 + 1) :]
+                        cache.reset()
+                        logits = self.lm_head(self.body(context, cache)[:, -1])
+                    else:
+                        logits = self.lm_head(self.body(nxt[:, None], cache)[:, -1])
         finally:
             self.train(was_training)
 

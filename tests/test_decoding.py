@@ -1,0 +1,116 @@
+"""The generation fast paths compute the same function as the plain ones.
+
+- `decode_layout`: wide Linear layers multiply by transposed copies of their weights on the CPU;
+  logits must equal the plain forward's (to float rounding), the state dict must not change, and
+  a weight changed in place must be seen at once.
+- `sample_from`: inverse-CDF sampling must draw exactly the given distribution: never a token of
+  probability 0, and frequencies that match the probabilities.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psyduck import GPT, ModelConfig
+from psyduck.decode_layout import decode_layout, transposed, wide_linears
+from psyduck.sampling import sample_from
+
+
+def small_model(**kw) -> GPT:  # noqa: ANN003
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=1000, block_size=32, d_model=64, n_layer=2, n_head=4, dropout=0.0, **kw)
+    return GPT(cfg).eval()
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": True, "tie_embeddings": True}, {"activation": "swiglu", "pos": "rope"}])
+def test_decode_layout_gives_the_plain_logits_and_leaves_the_state_dict_alone(kw):
+    model = small_model(**kw)
+    idx = torch.randint(0, 1000, (2, 9))
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        plain = model(idx)[0]
+        with decode_layout(model):
+            assert all("forward" in m.__dict__ for m in wide_linears(model))
+            fast = model(idx)[0]
+            one = model(idx[:, :1])[0]  # the single-row case generation runs
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(one, plain[:, :1], rtol=1e-5, atol=1e-5)
+    assert set(model.state_dict()) == keys
+    assert not any("forward" in m.__dict__ for m in model.modules())  # plain forward is back
+
+
+def test_only_wide_layers_get_a_copy():
+    model = small_model()
+    shapes = {(m.out_features, m.in_features) for m in wide_linears(model)}
+    assert shapes == {(192, 64), (256, 64), (1000, 64)}  # qkv, FFN up, output layer; not proj or down
+
+
+def test_a_weight_changed_in_place_is_seen_by_the_next_step():
+    model = small_model()
+    idx = torch.randint(0, 1000, (1, 5))
+    with torch.no_grad(), decode_layout(model):
+        before = model(idx)[0]
+        model.lm_head.weight.mul_(2.0)  # an optimizer step does this: the version counter moves
+        after = model(idx)[0]
+        torch.testing.assert_close(after, model.lm_head(model.body(idx)), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
+
+
+def test_nested_uses_keep_the_fast_path_until_the_last_one_leaves():
+    model = small_model()
+    head = model.lm_head
+    with decode_layout(model):
+        with decode_layout(model):
+            pass
+        assert "forward" in head.__dict__
+    assert "forward" not in head.__dict__
+
+
+def test_gradients_still_flow_through_the_plain_path():
+    model = small_model().train()
+    idx = torch.randint(0, 1000, (2, 8))
+    with decode_layout(model):
+        _, loss = model(idx, idx)
+        loss.backward()
+    assert model.lm_head.weight.grad is not None
+
+
+@given(rows=st.integers(1, 1200), cols=st.integers(1, 40))
+@settings(max_examples=25, deadline=None)
+def test_blocked_transpose_is_the_transpose(rows, cols):
+    w = torch.randn(rows, cols)
+    assert torch.equal(transposed(w), w.t())
+
+
+@given(v=st.integers(2, 300), zeros=st.floats(0.0, 0.9), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=50, deadline=None)
+def test_sampling_never_draws_a_token_of_probability_zero(v, zeros, seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(4, v, generator=g)
+    probs[torch.rand(4, v, generator=g) < zeros] = 0.0
+    probs[:, v // 2] += 1e-3  # every row keeps at least one token (v // 2 >= 1)
+    probs[:, 0] = 0.0  # a leading zero: a uniform draw of exactly 0 must not pick it
+    draws = torch.stack([sample_from(probs, g) for _ in range(50)])  # (50, 4)
+    assert bool((probs.gather(1, draws.t()) > 0).all())
+
+
+def test_sampling_frequencies_match_the_probabilities():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.15, 0.05]])
+    n = 20_000
+    draws = sample_from(probs.expand(n, 5), g)
+    freq = torch.bincount(draws, minlength=5).double() / n
+    # 5 standard errors: a false alarm about once in a million runs
+    tol = 5 * torch.sqrt(probs[0].double() * (1 - probs[0].double()) / n)
+    assert bool(((freq - probs[0].double()).abs() <= tol + 1e-12).all()), freq
+    assert freq[1] == 0.0
+
+
+def test_same_generator_seed_same_draws():
+    probs = torch.softmax(torch.randn(3, 100), -1)
+    a = sample_from(probs, torch.Generator().manual_seed(7))
+    b = sample_from(probs, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
