@@ -322,6 +322,10 @@ def _cpu_small() -> Config:
           4 blocks: 2.21)
         M=4, bpe-32768, dropout 0, warmup 10: 4 blocks batch 16 lr 2e-3 2.118; 6 blocks 2.138;
           lr 3e-3 2.158; batch 8 (similar to batch 16 through its first minute)
+        M=10, this preset, both sides (the full benchmark; benchmarks/results/cpu_time_to_quality.*):
+          cpu-small 1.985 after 320 steps; the seed recipe 2.395 after 62 steps (12 s a step
+          here, half the FACTS machine's pace); cpu-small passed 2.395 at 25 s (ratio 0.04) and
+          the FACTS figure 2.16 at ~2.7 min; it ends 17% below the seed recipe (target: 30%)
       Dropout 0: a 10-minute run sees under one epoch, and dropout on CPU costs ~30% of the step
       (slow random numbers, and it forces the unfused attention path). Small batches (more steps)
       win at these budgets; 4 blocks beat 6 (more steps in the same time).

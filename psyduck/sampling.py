@@ -39,7 +39,8 @@ def sample_next(
     logits = logits.float()
     if temperature < 1e-6:  # 0 means greedy; a vanishing temperature would overflow the division
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest score
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -50,12 +51,12 @@ def sample_next(
         drop[..., 0] = False  # the most likely token is always in (top_p may underflow to 0 in float32)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return sample_from(probs, generator)
+    weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()  # softmax without the division:
+    return sample_from(weights, generator)  # sample_from scales its uniform draw by each row's total
 
 
 def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one token per row of `probs` (B, V) by inverting the running sum (the CDF).
+    """Draw one token per row of `probs` (B, V; any non-negative weights) by inverting the running sum.
 
     One uniform number u per row, in (0, total]; the token is the first whose running sum reaches
     u, so token i is drawn with probability probs[i] / total, and a token of probability 0 never
