@@ -1,6 +1,6 @@
 """The `psyduck` command: one thin subcommand per module of the Python API.
 
-    psyduck prepare wiki-vital --tokenizer bpe-8192 --out data/wiki-vital
+    psyduck prepare wiki-vital --tokenizer bpe-32768 --out data/wiki-vital
     psyduck train --preset cpu-small --data data/wiki-vital --out runs/demo [key=value ...]
     psyduck generate runs/demo --prompt "The world" --max-new-tokens 100
     psyduck eval runs/demo --json
@@ -158,7 +158,7 @@ def make_parser() -> argparse.ArgumentParser:
         "~/.cache/psyduck or $PSYDUCK_CACHE, or --path a copy); wikitext-103 (raw), wikitext-103-v1 (<unk> tokens), "
         "wikitext-2, wikitext-2-v1 (Hugging Face `datasets`, or --path an offline copy)",
     )
-    s.add_argument("--tokenizer", default="bpe-8192", help="cl100k_base or bpe-<vocab size> (default bpe-8192)")
+    s.add_argument("--tokenizer", default="bpe-32768", help="cl100k_base or bpe-<vocab size> (default bpe-32768, cpu-small's)")
     s.add_argument("--out", help="output folder (default data/<source>)")
     s.add_argument(
         "--path",

@@ -102,7 +102,7 @@ class DataConfig:
 
     path: str = "data/wiki-vital"  # a folder written by `psyduck prepare` (meta.json + shards)
     source: str = "wiki-vital"  # what `psyduck train` prepares into `path` when it is missing
-    tokenizer: str = "bpe-8192"  # cl100k_base | bpe-<vocab size>
+    tokenizer: str = "bpe-32768"  # cl100k_base | bpe-<vocab size>
 
 
 @dataclass

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 psy() { .venv/bin/psyduck "$@"; }
-[[ -f data/wiki-vital/meta.json ]] || psy prepare wiki-vital --tokenizer bpe-8192 --out data/wiki-vital
+tok=bpe-32768  # cpu-small's tokenizer; data prepared with another one (an older demo) is redone
+grep -q "\"tokenizer\": \"$tok\"" data/wiki-vital/meta.json 2>/dev/null || psy prepare wiki-vital --tokenizer $tok --out data/wiki-vital
 psy train --preset cpu-small --data data/wiki-vital --out runs/demo --resume "$@"
 echo
 echo "=== a sample from runs/demo ==="
