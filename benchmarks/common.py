@@ -83,7 +83,7 @@ def measured_peak(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ..
     On a CPU this is a measurement; on a known GPU, PsyDuck's datasheet table (hardware.peak_flops)
     is used when it is higher, so MFU is never flattered by a slow measurement.
     """
-    best = max(hardware.measure_matmul_flops(device, dtype, n=n, seconds=0.4) for n in sizes)
+    best = hardware.measured_peak_flops(device, dtype, sizes, seconds=0.4)
     if device.type == "cuda":
         best = max(best, hardware.peak_flops(device, dtype))
     return best

@@ -9,8 +9,10 @@ tok=bpe-32768  # cpu-small's tokenizer; data prepared with another one (an older
 grep -q "\"tokenizer\": \"$tok\"" data/wiki-vital/meta.json 2>/dev/null || psy prepare wiki-vital --tokenizer $tok --out data/wiki-vital
 psy train --preset cpu-small --data data/wiki-vital --out runs/demo --resume "$@"
 echo
-echo "=== a sample from runs/demo ==="
-psy generate runs/demo --prompt "The world" --max-new-tokens 100 --temperature 0.7 --top-k 50 --seed 0
+echo "=== three samples from runs/demo (each stops at its end-of-text token) ==="
+for seed in 0 1 2; do
+  psy generate runs/demo --prompt "The world" --max-new-tokens 100 --temperature 0.7 --top-k 50 --seed "$seed"
+done
 echo
 psy eval runs/demo --json
 echo "loss curve: runs/demo/loss_curve.png   samples during training: runs/demo/samples.txt"
