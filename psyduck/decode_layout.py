@@ -20,6 +20,7 @@ They cost memory: for seed-60m, 126 MB beside 244 MB of weights. GPUs keep the p
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import MethodType
@@ -29,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 _BLOCK = 512  # rows transposed at a time: a cache-sized block is ~2x faster than one big transpose
+_USERS = threading.Lock()  # the server generates from several threads over one model
 
 
 def transposed(weight: torch.Tensor) -> torch.Tensor:
@@ -77,15 +79,17 @@ def decode_layout(model: nn.Module) -> Iterator[None]:
     comes back when the last one leaves. The copies are kept for the next generation.
     """
     layers = wide_linears(model)
-    for m in layers:
-        users = m.__dict__.get("_decode_users", 0)
-        if users == 0:
-            m.forward = MethodType(_forward_t, m)
-        m.__dict__["_decode_users"] = users + 1
+    with _USERS:
+        for m in layers:
+            users = m.__dict__.get("_decode_users", 0)
+            if users == 0:
+                m.forward = MethodType(_forward_t, m)
+            m.__dict__["_decode_users"] = users + 1
     try:
         yield
     finally:
-        for m in layers:
-            m.__dict__["_decode_users"] -= 1
-            if m.__dict__["_decode_users"] == 0:
-                del m.forward
+        with _USERS:
+            for m in layers:
+                m.__dict__["_decode_users"] -= 1
+                if m.__dict__["_decode_users"] == 0:
+                    del m.forward

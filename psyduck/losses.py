@@ -52,7 +52,7 @@ def use_fused_loss(choice: str, device: torch.device) -> bool:
     """Whether training should compute the output layer + loss in chunks (`TrainConfig.loss`).
 
     "auto" picks by device, as measured (benchmarks/train_throughput.py): on CPUs the chunked loss
-    trained seed-60m 1.42x faster in 0.38x the memory; on GPUs torch.compile fuses the plain
+    trained seed-60m 1.4-1.6x faster in 0.38x the memory; on GPUs torch.compile fuses the plain
     full-logits loss into a few kernels, while the chunked loop syncs with the host and breaks the
     compiled graph: at GPT-2 small's shape on an H100 (bf16, compiled) the plain loss stepped 2.1x
     faster. Pick "fused" on a GPU when the (B*T, V) logits do not fit in its memory.

@@ -114,3 +114,23 @@ def test_same_generator_seed_same_draws():
     a = sample_from(probs, torch.Generator().manual_seed(7))
     b = sample_from(probs, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
+
+
+def test_generating_from_several_threads_at_once_restores_the_plain_forward():
+    import threading
+
+    model = small_model()
+    idx = torch.randint(0, 1000, (1, 3))
+    outs = []
+
+    def run(seed: int) -> None:
+        outs.append(model.generate(idx, max_new_tokens=40, seed=seed))
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outs) == 6 and all(o.shape == (1, 43) for o in outs)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert all(m.__dict__.get("_decode_users", 0) == 0 for m in model.modules())

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from psyduck.config import ModelConfig
-from psyduck.losses import chunk_rows, chunked_cross_entropy
+from psyduck.config import ModelConfig, TrainConfig
+from psyduck.errors import PsyDuckError
+from psyduck.losses import chunk_rows, chunked_cross_entropy, use_fused_loss
 from psyduck.model import GPT
 
 
@@ -136,3 +137,24 @@ def test_model_training_loss_equals_full_logits_loss(variant):
     torch.testing.assert_close(fused, full, rtol=1e-6, atol=1e-6)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+
+
+def test_loss_choice_auto_is_fused_on_cpus_and_plain_on_gpus():
+    assert use_fused_loss("auto", torch.device("cpu"))
+    assert not use_fused_loss("auto", torch.device("cuda"))
+    assert use_fused_loss("fused", torch.device("cuda")) and not use_fused_loss("plain", torch.device("cpu"))
+    with pytest.raises(PsyDuckError) as e:
+        TrainConfig(loss="chunky")
+    assert str(e.value) == "train.loss='chunky' is not one of auto, fused, plain; pick one of them"
+
+
+def test_training_with_the_plain_loss_follows_the_fused_trajectory(tiny_cfg, tmp_path):
+    from psyduck.train import train
+
+    from conftest import metrics
+
+    over = {"max_iters": 8, "eval_interval": 4, "sample_tokens": 0}
+    train(tiny_cfg.replace({**over, "loss": "fused"}), tmp_path / "fused", progress=False)
+    train(tiny_cfg.replace({**over, "loss": "plain"}), tmp_path / "plain", progress=False)
+    for a, b in zip(metrics(tmp_path / "fused"), metrics(tmp_path / "plain")):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
