@@ -49,6 +49,9 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
         "--dtype", default="auto", help="auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16 | float16"
     )
     p.add_argument("--compile", action="store_true", help="torch.compile both sides' models")
+    p.add_argument("--compile-mode", default="default",
+                   choices=["default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead"],
+                   help="torch.compile mode with --compile (max-autotune-*: Triton GEMMs tuned per shape, slow to compile)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: PyTorch's default)")
 
 
@@ -61,6 +64,11 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device, dtype
+
+
+def compile_mode(args: argparse.Namespace) -> str | None:
+    """None for eager, else the torch.compile mode both sides use."""
+    return args.compile_mode if args.compile else None
 
 
 def machine(device: torch.device) -> dict:

@@ -6,6 +6,8 @@
     python benchmarks/train_throughput.py --preset seed-60m --steps 8
     python benchmarks/train_throughput.py --device cuda --compile --preset gpt2-124m --vocab-size 50304 \
         --lever fused_loss                                     # on a GPU (bf16 autocast), GPT-2 small's shape
+    python benchmarks/train_throughput.py --device cuda --compile --compile-mode max-autotune-no-cudagraphs \
+        --no-baseline --preset gpt2-124m --vocab-size 50304 --batch-size 32   # a sweep of PsyDuck's settings alone
 
 For each preset, both sides are built at the preset's shape (vocab, context, width, depth, heads,
 dropout, batch): the baseline is benchmarks/baselines/seed_gpt.py with the seed's plain AdamW;
@@ -50,7 +52,7 @@ import torch  # noqa: E402
 
 from baselines.seed_gpt import SeedGPT, seed_optimizer  # noqa: E402
 from common import (  # noqa: E402
-    Timer, add_common_args, bench_data, emit, machine, measured_peak, median, rounded, setup,
+    Timer, add_common_args, bench_data, compile_mode, emit, machine, measured_peak, median, rounded, setup,
 )
 
 from psyduck import hardware  # noqa: E402
@@ -95,11 +97,11 @@ class Side:
         return loss
 
 
-def baseline_side(cfg, device, dtype, compile_: bool) -> Side:  # noqa: ANN001
+def baseline_side(cfg, device, dtype, mode: str | None) -> Side:  # noqa: ANN001
     torch.manual_seed(0)
     model = SeedGPT.from_config(cfg.model).to(device)
     opt = seed_optimizer(model, cfg.train.lr)
-    net = torch.compile(model) if compile_ else model
+    net = torch.compile(model, mode=mode) if mode else model
     ac = hardware.autocast(device, dtype)
 
     def step(side: Side, x, y) -> float:  # noqa: ANN001
@@ -113,7 +115,7 @@ def baseline_side(cfg, device, dtype, compile_: bool) -> Side:  # noqa: ANN001
     return Side("baseline", model, opt, step)
 
 
-def psyduck_side(cfg, device, dtype, compile_: bool, *, loss: str = "auto", default_adamw: bool = False,
+def psyduck_side(cfg, device, dtype, mode: str | None, *, loss: str = "auto", default_adamw: bool = False,
                  teaching: bool = False, frozen_embedding: bool = False, model: GPT | None = None) -> Side:  # noqa: ANN001
     t = cfg.train
     if model is None:
@@ -130,7 +132,7 @@ def psyduck_side(cfg, device, dtype, compile_: bool, *, loss: str = "auto", defa
         )
     else:
         opt = make_optimizer(model, t, device)
-    net = torch.compile(model) if compile_ else model
+    net = torch.compile(model, mode=mode) if mode else model
     ac = hardware.autocast(device, dtype)
     attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
     full_logits = not use_fused_loss(loss, device)  # as the Trainer decides (train.loss)
@@ -217,13 +219,13 @@ def measure_memory_cpu(preset: str, steps: int, batch_size: int | None) -> dict:
     }
 
 
-def measure_memory_cuda(cfg, data, device, dtype, compile_: bool) -> dict:  # noqa: ANN001
+def measure_memory_cuda(cfg, data, device, dtype, mode: str | None) -> dict:  # noqa: ANN001
     out = {}
     b = batches(cfg, data, 2, device)
     for name, make in (("baseline", baseline_side), ("psyduck", psyduck_side)):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-        s = make(cfg, device, dtype, compile_)
+        s = make(cfg, device, dtype, mode)
         for x, y in b:
             s.step(x, y)
         out[name] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -237,22 +239,25 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
     steps = args.steps or ((2 if name == "seed-60m" else 3) if args.quick else 8)
     warmup = 1 if args.quick else 2
     b = batches(cfg, data, 4, device)
-    base, psy = baseline_side(cfg, device, dtype, args.compile), psyduck_side(cfg, device, dtype, args.compile)
+    mode = compile_mode(args)
+    psy = psyduck_side(cfg, device, dtype, mode)
+    sides = [psy] if args.no_baseline else [baseline_side(cfg, device, dtype, mode), psy]
     peak = measured_peak(device, dtype)
-    times = alternate([base, psy], b, device, warmup, steps)
+    times = alternate(sides, b, device, warmup, steps)
     peak = max(peak, measured_peak(device, dtype))
     tokens = cfg.train.batch_size * cfg.model.block_size
     fpt = hardware.flops_per_token(psy.model)
     res: dict = {"shape": {k: getattr(cfg.model, k) for k in ("vocab_size", "block_size", "d_model", "n_layer", "n_head")},
                  "batch_size": cfg.train.batch_size, "tokens_per_step": tokens, "params_psyduck": psy.model.num_params(),
-                 "params_baseline": sum(p.numel() for p in base.model.parameters()), "flops_per_token": fpt,
-                 "peak_flops": peak, "steps_timed": steps}
-    for s in (base, psy):
+                 "flops_per_token": fpt, "peak_flops": peak, "steps_timed": steps}
+    for s in sides:
         sec = median(times[s.name])
         res[s.name] = {"step_s": sec, "step_s_all": times[s.name], "tokens_per_s": tokens / sec,
                        "mfu": tokens / sec * fpt / peak}
-    res["ratio"] = res["psyduck"]["tokens_per_s"] / res["baseline"]["tokens_per_s"]
-    del base
+    if not args.no_baseline:
+        res["params_baseline"] = sum(p.numel() for p in sides[0].model.parameters())
+        res["ratio"] = res["psyduck"]["tokens_per_s"] / res["baseline"]["tokens_per_s"]
+    del sides
     print(json.dumps(rounded({"timing": res})), file=sys.stderr, flush=True)
     if args.levers:
         levers = {}
@@ -268,7 +273,7 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
             variants = {k: v for k, v in variants.items() if k in args.lever}
         for lever, kw in variants.items():
             model = copy.deepcopy(psy.model)
-            other = psyduck_side(cfg, device, dtype, args.compile, model=model, **kw)
+            other = psyduck_side(cfg, device, dtype, mode, model=model, **kw)
             other.name = lever
             t = alternate([psy, other], b, device, 1, max(2, steps // 2))
             levers[lever] = {"step_s": median(t[lever]), "psyduck_step_s": median(t["psyduck"]),
@@ -276,9 +281,9 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
             print(json.dumps(rounded({lever: levers[lever]})), file=sys.stderr, flush=True)
             del other, model
         res["levers"] = levers
-    if not args.no_memory and not (args.quick and not first):  # --quick: memory for the first preset only
+    if not args.no_memory and not args.no_baseline and not (args.quick and not first):  # --quick: memory for the first preset only
         if device.type == "cuda":
-            res["memory"] = measure_memory_cuda(cfg, data, device, dtype, args.compile)
+            res["memory"] = measure_memory_cuda(cfg, data, device, dtype, mode)
         else:
             res["memory"] = measure_memory_cpu(name, 2, args.batch_size)
     return res
@@ -297,6 +302,8 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=0,
                    help="model vocabulary instead of the tokenizer's (ids folded in range), e.g. 50304 for GPT-2's shape")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="time PsyDuck alone (sweeps of PsyDuck's own settings; no ratio, no memory comparison)")
     p.add_argument("--memory-child", choices=["baseline", "psyduck"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -316,9 +323,9 @@ def main() -> None:
         "benchmark": "train_throughput",
         "machine": machine(device),
         "precision": str(dtype).replace("torch.", ""),
-        "compile": args.compile,
+        "compile": compile_mode(args),
         "results": results,
-        "ratio": head["ratio"],
+        "ratio": head.get("ratio"),
         "memory_ratio": head.get("memory", {}).get("ratio"),
         "mfu": {n: r["psyduck"]["mfu"] for n, r in results.items()},
     }

@@ -86,7 +86,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     x = torch.tensor([ids], device=device)
     stream = model.generate(
         x, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, eot_id=None if args.no_stop else tok.eot_id, stream=True,
+        seed=args.seed, eot_id=None if args.no_stop else tok.eot_id, stream=True, exact=args.exact,
     )
     sys.stdout.write(args.prompt)
     new: list[int] = []
@@ -191,6 +191,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=None)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--no-stop", action="store_true", help="keep going past the end-of-text token")
+    s.add_argument("--exact", action="store_true",
+                   help="multiply in float32 (on CPUs the default uses float16 weight copies: ~1.2x faster, "
+                        "next-token probabilities within 0.005 total variation)")
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_generate)

@@ -44,6 +44,9 @@ def test_generate_streams_a_continuation(trained_run, capsys):
     main(["generate", str(trained_run), "--prompt", "The world", "--max-new-tokens", "20", "--seed", "1"])
     assert capsys.readouterr().out == first  # same seed, same text
     assert main(["generate", str(trained_run), "--max-new-token", "5", "--temperature", "0"]) == 0  # seed's spelling
+    capsys.readouterr()
+    assert main(["generate", str(trained_run), "--prompt", "The world", "--max-new-tokens", "20", "--seed", "1", "--exact"]) == 0
+    assert capsys.readouterr().out.startswith("The world")
 
 
 def test_eval_json_reports_bits_per_byte(trained_run, capsys):
