@@ -443,6 +443,10 @@ class Trainer:
             if t.max_seconds and self.step < t.max_iters and last_row.get("step") != self.step:
                 last_row = self.evaluate_and_save(None, 0.0, time.perf_counter() - start_time)
                 self.save("time budget", last_row["val_loss"])
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(e):
+                raise
+            raise PsyDuckError(self.out_of_memory_advice()) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -452,6 +456,17 @@ class Trainer:
                 signal.signal(sig, handler)
             self.loggers.close()
         return {"run": str(self.out), "step": self.step, **{k: v for k, v in last_row.items() if k != "step"}}
+
+    def out_of_memory_advice(self) -> str:
+        t = self.cfg.train
+        if t.batch_size > 1:
+            fix = (f"train.batch_size={t.batch_size // 2} train.grad_accum={t.grad_accum * 2} "
+                   f"(the same {self.tokens_per_step:,} tokens per step)")
+        else:
+            fix = "a smaller model (model.d_model, model.n_layer) or context (model.block_size)"
+        ckpts = list_checkpoints(self.out)
+        last = f"; last checkpoint: {ckpts[-1]}" if ckpts else ""
+        return f"out of memory on {self.device} at train.batch_size={t.batch_size}; try {fix}{last}"
 
     def _stop_requested(self) -> bool:
         flag = self.stop_signal is not None
@@ -512,6 +527,11 @@ class Trainer:
             f"loss became {value} at step {self.step + 1}; last good checkpoint: {last}; "
             f"lower --lr or resume with on_nan=skip"
         )
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A GPU's torch.OutOfMemoryError, or a CPU allocation that failed."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 def train(

@@ -207,3 +207,17 @@ def test_generating_from_several_threads_at_once_restores_the_plain_forward():
     assert len(outs) == 6 and all(o.shape == (1, 43) for o in outs)
     assert not any("forward" in m.__dict__ for m in model.modules())
     assert all(m.__dict__.get("_decode_users", 0) == 0 for m in model.modules())
+
+
+def test_generated_tokens_can_feed_training():
+    """Generation runs its model calls in inference mode; what it returns must be ordinary tensors
+    (inference tensors cannot be saved for backward)."""
+    model = wide_model().train()
+    idx = torch.tensor([[1, 2, 3]])
+    streamed = list(model.generate_stream(idx, 4, seed=0))
+    out = model.generate(idx, max_new_tokens=4, seed=0)
+    assert not any(t.is_inference() for t in [*streamed, out])
+    _, loss = model(out[:, :-1], out[:, 1:])
+    loss.backward()
+    assert model.lm_head.weight.grad is not None
+    assert model.training  # the model's mode is given back

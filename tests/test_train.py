@@ -129,6 +129,37 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_cfg, tmp_path):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.12 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 1"),
+])
+def test_out_of_memory_says_which_setting_to_change(tiny_cfg, tmp_path, monkeypatch, error):
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_cfg.replace({"max_iters": 30, "batch_size": 8, "grad_accum": 2}), run, progress=False)
+    real_step = trainer.train_step
+
+    def step():  # noqa: ANN202
+        if trainer.step == 12:
+            raise error
+        return real_step()
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    with pytest.raises(PsyDuckError) as e:
+        trainer.run()
+    tokens = 8 * 2 * trainer.cfg.model.block_size
+    assert str(e.value) == (
+        f"out of memory on cpu at train.batch_size=8; try train.batch_size=4 train.grad_accum=4 "
+        f"(the same {tokens:,} tokens per step); last checkpoint: {list_checkpoints(run)[-1]}"
+    )
+
+
+def test_other_runtime_errors_pass_through(tiny_cfg, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_cfg.replace({"max_iters": 5}), tmp_path / "run", progress=False)
+    monkeypatch.setattr(trainer, "train_step", lambda: (_ for _ in ()).throw(RuntimeError("something else")))
+    with pytest.raises(RuntimeError, match="something else"):
+        trainer.run()
+
+
 def test_nan_loss_is_skipped_when_asked(tiny_cfg, tmp_path):
     run = tmp_path / "run"
     trainer = Trainer(tiny_cfg.replace({"max_iters": 20, "on_nan": "skip"}), run, progress=False)
