@@ -12,10 +12,14 @@ copies beside the weights while generating (the state dict is untouched):
   output layer (100,277 x 256) takes 4.8 ms instead of 8.3 (transposed float32, cold cache), a
   whole token ~1.15-1.2x less time. The next-token distribution moves by at most 0.005 in total
   variation and 0.02 in any log-probability above 1e-4 (tests/test_decoding.py, for logits
-  spread twice as wide as a trained cpu-small's; that model itself measured 0.0008 and 0.004;
-  the errors grow with the logits' size, relative ~5e-4). A value beyond float16's range (|x| > 65504) turns into
-  inf, then NaN downstream: `GPT.generate_stream` checks each step's logits and redoes a step that
-  is not finite exactly (and stays exact for the rest of that generation).
+  spread twice as wide as a trained cpu-small's; that model itself measured 0.001 and 0.005;
+  the errors grow with the spread, relative ~5e-4). The output layer's copy has the mean of its
+  rows subtracted: every logit of a row then moves by the same amount (h . mean row), which the
+  softmax ignores, and float16 rounds only the logits' spread, not a common offset (GPT-2's logits
+  sit far below zero; in the test, offsets near +-60 rounded as they are moved probabilities by 2%).
+  A value beyond float16's range (|x| > 65504) turns into inf, then NaN downstream:
+  `GPT.generate_stream` checks each step's logits and redoes a step that is not finite exactly
+  (and stays exact for the rest of that generation).
 - exact (`generate(..., exact=True)`): float32 throughout, the same products as the plain forward
   summed in another order (last bits differ). `nn.Linear` stores W as (out, in) and computes
   x @ W.T; for one row BLAS then takes `out` dot products of length `in`, and when those rows are
@@ -69,7 +73,10 @@ def _copy(layer: nn.Linear, kind: str) -> tuple[torch.Tensor, torch.Tensor | Non
     if cached is None or cached[0] != key:
         with torch.no_grad():
             if kind == "half":
-                copies = (w.detach().half(), None if b is None else b.detach().half())
+                w = w.detach()
+                if layer.__dict__.get("_decode_logits"):  # the output layer: round the spread, not the offset
+                    w = w - w.mean(0, keepdim=True)
+                copies = (w.half(), None if b is None else b.detach().half())
             else:
                 copies = (transposed(w.detach()), b)
         cached = (key, copies)
@@ -113,6 +120,9 @@ def decode_layout(model: nn.Module, exact: bool = False) -> Iterator[None]:
     comes back when the last one leaves. The copies are kept for the next generation.
     """
     layers = cpu_linears(model)
+    head = getattr(model, "lm_head", None)
+    if isinstance(head, nn.Linear):
+        head.__dict__["_decode_logits"] = True  # its outputs only ever go through a softmax
     with _USERS:
         for m in layers:
             users = m.__dict__.get("_decode_users", 0)
