@@ -14,12 +14,12 @@ copies beside the weights while generating (the state dict is untouched):
   variation and 0.02 in any log-probability above 1e-4 (tests/test_decoding.py, for logits
   spread twice as wide as a trained cpu-small's; that model itself measured 0.001 and 0.005;
   the errors grow with the spread, relative ~5e-4). The output layer's copy has the mean of its
-  rows subtracted: every logit of a row then moves by the same amount (h . mean row), which the
-  softmax ignores, and float16 rounds only the logits' spread, not a common offset (GPT-2's logits
-  sit far below zero; in the test, offsets near +-60 rounded as they are moved probabilities by 2%).
-  A value beyond float16's range (|x| > 65504) turns into inf, then NaN downstream:
-  `GPT.generate_stream` checks each step's logits and redoes a step that is not finite exactly
-  (and stays exact for the rest of that generation).
+  rows (and of its bias) subtracted: every logit of a position then moves by the same amount,
+  which the softmax ignores, and float16 rounds only the logits' spread, not a common offset
+  (GPT-2's logits sit far below zero; in the test, offsets near +-60 rounded as they are moved
+  probabilities by 2%). A value beyond float16's range (|x| > 65504) turns into inf, then NaN
+  downstream: `GPT.generate_stream` checks each step's logits and redoes a step that is not
+  finite exactly (and stays exact for the rest of that generation).
 - exact (`generate(..., exact=True)`): float32 throughout, the same products as the plain forward
   summed in another order (last bits differ). `nn.Linear` stores W as (out, in) and computes
   x @ W.T; for one row BLAS then takes `out` dot products of length `in`, and when those rows are
@@ -28,10 +28,12 @@ copies beside the weights while generating (the state dict is untouched):
   FFN matrix 0.04 ms instead of 0.17. Matrices already wide in their `in` direction (256 x 1024) are
   faster as they are, so only layers with out > in get a transposed copy.
 
-    with decode_layout(model):                # inside generate: Linear layers use the copies
+    with decode_layout(model):                # Linear layers use the float16 copies
         logits = model.lm_head(h)
     with decode_layout(model, exact=True):    # float32 copies, wide layers only
         ...
+    with installed(model):                    # what generate does: install once per generation,
+        with decoding(exact): ...             # then set this thread's mode around each step
 
 The copies are rebuilt when a weight changes in place (an optimizer step bumps its version
 counter), so sampling during training stays right. Memory beside seed-60m's 244 MB of weights:
@@ -73,10 +75,11 @@ def _copy(layer: nn.Linear, kind: str) -> tuple[torch.Tensor, torch.Tensor | Non
     if cached is None or cached[0] != key:
         with torch.no_grad():
             if kind == "half":
-                w = w.detach()
+                w, b = w.detach(), None if b is None else b.detach()
                 if layer.__dict__.get("_decode_logits"):  # the output layer: round the spread, not the offset
                     w = w - w.mean(0, keepdim=True)
-                copies = (w.half(), None if b is None else b.detach().half())
+                    b = None if b is None else b - b.mean()
+                copies = (w.half(), None if b is None else b.half())
             else:
                 copies = (transposed(w.detach()), b)
         cached = (key, copies)
@@ -113,11 +116,12 @@ def wide_linears(model: nn.Module) -> list[nn.Linear]:
 
 
 @contextmanager
-def decode_layout(model: nn.Module, exact: bool = False) -> Iterator[None]:
-    """While inside, this thread's calls of the model's CPU Linear layers use the decoding copies.
-
-    Nested and concurrent uses (several generators over one model) are counted: the plain forward
-    comes back when the last one leaves. The copies are kept for the next generation.
+def installed(model: nn.Module) -> Iterator[None]:
+    """While inside, the model's float32 CPU Linear layers route through the decoding forward, which
+    uses the copies only in threads whose decoding mode is set (`decoding`) and is the plain forward
+    elsewhere. Nested and concurrent uses (several generators over one model) are counted: the
+    plain forward comes back when the last one leaves. The copies are kept for the next generation.
+    Installing walks the model (~1 ms for seed-60m): do it once per generation, not per token.
     """
     layers = cpu_linears(model)
     head = getattr(model, "lm_head", None)
@@ -129,14 +133,29 @@ def decode_layout(model: nn.Module, exact: bool = False) -> Iterator[None]:
             if users == 0:
                 m.forward = MethodType(_forward, m)
             m.__dict__["_decode_users"] = users + 1
+    try:
+        yield
+    finally:
+        with _USERS:
+            for m in layers:
+                m.__dict__["_decode_users"] -= 1
+                if m.__dict__["_decode_users"] == 0:
+                    del m.forward
+
+
+@contextmanager
+def decoding(exact: bool = False) -> Iterator[None]:
+    """This thread's decoding mode while inside: float16 copies, or float32 ones with `exact`."""
     previous = getattr(_MODE, "mode", None)
     _MODE.mode = "exact" if exact else "half"
     try:
         yield
     finally:
         _MODE.mode = previous
-        with _USERS:
-            for m in layers:
-                m.__dict__["_decode_users"] -= 1
-                if m.__dict__["_decode_users"] == 0:
-                    del m.forward
+
+
+@contextmanager
+def decode_layout(model: nn.Module, exact: bool = False) -> Iterator[None]:
+    """Both at once: this thread's calls of the model's CPU Linear layers use the decoding copies."""
+    with installed(model), decoding(exact):
+        yield

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from psyduck.config import ModelConfig
-from psyduck.decode_layout import decode_layout
+from psyduck.decode_layout import decoding, installed
 from psyduck.losses import chunked_cross_entropy
 from psyduck.sampling import check_sampling, sample_next
 
@@ -330,7 +330,7 @@ class GPT(nn.Module):
         but re-ran all of it for every token). Rows that produce `eot_id` stop; the stream ends when
         all rows have.
 
-        On CPUs the matrix products use float16 copies of the weights (`decode_layout`: ~1.4x faster
+        On CPUs the matrix products use float16 copies of the weights (`decode_layout`: ~1.2x faster
         per token, next-token probabilities within 0.005 total variation of float32's); `exact=True`
         keeps every product in the weights' own precision.
         """
@@ -348,9 +348,9 @@ class GPT(nn.Module):
         def last_logits(tokens: torch.Tensor) -> torch.Tensor:  # new tokens (B, T) through the cache -> (B, V)
             nonlocal exact
             start = cache.length
-            # inference mode: no autograd bookkeeping at all (~4% per token); decode_layout: on CPUs,
-            # weight copies made for multiplying one row
-            with torch.inference_mode(), decode_layout(self, exact):
+            # inference mode: no autograd bookkeeping at all (~4% per token); decoding: on CPUs, the
+            # weight copies of psyduck/decode_layout.py, made for multiplying one row
+            with torch.inference_mode(), decoding(exact):
                 logits = self.lm_head(self.body(tokens, cache)[:, -1])  # the output layer for the last position only
             if not exact and not bool(logits.sum().isfinite()):  # float16 overflowed: redo this step exactly
                 exact, cache.length = True, start
@@ -358,24 +358,25 @@ class GPT(nn.Module):
             return logits
 
         try:
-            context = idx[:, -bs:]  # crop prompts longer than the window, as the seed does
-            logits = last_logits(context)
-            done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-            for _ in range(max_new_tokens):
-                nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-                if eot_id is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
-                    done |= nxt == eot_id
-                yield nxt
-                if eot_id is not None and bool(done.all()):
-                    return
-                context = torch.cat([context, nxt[:, None]], dim=1)
-                if cache.length == bs:  # window full: keep the newest half, rebuild the cache from it
-                    context = context[:, -(bs // 2 + 1) :]
-                    cache.reset()
-                    logits = last_logits(context)
-                else:
-                    logits = last_logits(nxt[:, None])
+            with installed(self):  # CPU Linear layers may use decoding copies (inside `decoding` only)
+                context = idx[:, -bs:]  # crop prompts longer than the window, as the seed does
+                logits = last_logits(context)
+                done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+                for _ in range(max_new_tokens):
+                    nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+                    if eot_id is not None:
+                        nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
+                        done |= nxt == eot_id
+                    yield nxt
+                    if eot_id is not None and bool(done.all()):
+                        return
+                    context = torch.cat([context, nxt[:, None]], dim=1)
+                    if cache.length == bs:  # window full: keep the newest half, rebuild the cache from it
+                        context = context[:, -(bs // 2 + 1) :]
+                        cache.reset()
+                        logits = last_logits(context)
+                    else:
+                        logits = last_logits(nxt[:, None])
         finally:
             self.train(was_training)
 

@@ -530,8 +530,9 @@ class Trainer:
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    """A GPU's torch.OutOfMemoryError, or a CPU allocation that failed."""
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+    """A GPU's out-of-memory error (torch.OutOfMemoryError; torch.cuda's name also works on torch 2.4),
+    or a CPU allocation that failed."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 def train(

@@ -127,8 +127,8 @@ def test_float16_copies_keep_the_next_token_distribution(seed, length, logit_sca
             half = model(idx)[0]
     assert "_decode_half" in model.lm_head.__dict__  # the float16 path ran
     assert not torch.equal(half, exact)
-    if offset:
-        assert float(exact.mean(-1).abs().mean()) > 30  # the logits really sit far from zero
+    if offset and length >= 8:  # the logits really sit far from zero (at some positions: h . u varies)
+        assert float(exact.mean(-1).abs().max()) > 30
     tv, dlogp = distance(exact, half)
     assert tv <= 0.005 and dlogp <= 0.02, (tv, dlogp)
 
