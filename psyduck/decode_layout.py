@@ -110,11 +110,6 @@ def cpu_linears(model: nn.Module) -> list[nn.Linear]:
     ]
 
 
-def wide_linears(model: nn.Module) -> list[nn.Linear]:
-    """The CPU Linear layers that gain from the transposed layout (out_features > in_features)."""
-    return [m for m in cpu_linears(model) if m.out_features > m.in_features]
-
-
 @contextmanager
 def installed(model: nn.Module) -> Iterator[None]:
     """While inside, the model's float32 CPU Linear layers route through the decoding forward, which

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from psyduck import GPT, ModelConfig
-from psyduck.decode_layout import HALF_MIN, decode_layout, transposed, wide_linears
+from psyduck.decode_layout import HALF_MIN, cpu_linears, decode_layout, transposed
 from psyduck.sampling import sample_from
 
 
@@ -56,7 +56,7 @@ def test_exact_decode_layout_gives_the_plain_logits_and_leaves_the_state_dict_al
     with torch.no_grad():
         plain = model(idx)[0]
         with decode_layout(model, exact=True):
-            assert all("forward" in m.__dict__ for m in wide_linears(model))
+            assert all("forward" in m.__dict__ for m in cpu_linears(model))
             fast = model(idx)[0]
             one = model(idx[:, :1])[0]  # the single-row case generation runs
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
@@ -65,10 +65,16 @@ def test_exact_decode_layout_gives_the_plain_logits_and_leaves_the_state_dict_al
     assert not any("forward" in m.__dict__ for m in model.modules())  # plain forward is back
 
 
-def test_only_wide_layers_get_a_copy():
-    model = small_model()
-    shapes = {(m.out_features, m.in_features) for m in wide_linears(model)}
-    assert shapes == {(192, 64), (256, 64), (1000, 64)}  # qkv, FFN up, output layer; not proj or down
+def test_exact_copies_only_for_wide_layers_and_float16_only_for_large_ones():
+    model = small_model()  # d_model 64: every matrix under HALF_MIN weights, so float16 is skipped too
+    with torch.no_grad():
+        with decode_layout(model, exact=True):
+            model(torch.tensor([[1, 2]]))
+        with decode_layout(model):
+            model(torch.tensor([[1, 2]]))
+    copied = {(m.out_features, m.in_features) for m in model.modules() if "_decode_transposed" in m.__dict__}
+    assert copied == {(192, 64), (256, 64), (1000, 64)}  # qkv, FFN up, output layer; not proj or down
+    assert not any("_decode_half" in m.__dict__ for m in model.modules())
 
 
 @pytest.mark.parametrize("exact", [True, False])
