@@ -19,8 +19,8 @@ logits for the prompt before timing anything.
   test) and `exact=True` (float32 throughout); `ratio` is the default's, `exact_ratio` the other's;
 - batch 1, prompt "The world" (cl100k_base), 256 new tokens, float32 weights on both sides, no
   autocast (as `psyduck generate` runs; on a GPU at batch 1, bf16 autocast re-casts every weight
-  for every token and is 2x slower than float32 on an H100), no gradients on either side. The sides take turns token by token (so load from other processes
-  hits both alike); each side's clock counts only its own tokens. Time to first token = from the
+  for every token and is 2.3x slower than float32 on an H100), no gradients on either side. The
+  sides take turns token by token (so load from other processes hits all alike); each side's clock counts only its own tokens. Time to first token = from the
   call to the first sampled token. tokens/s = new tokens / total time. ratio = PsyDuck tokens/s
   over the baseline's; the median of the repeats is reported.
 """

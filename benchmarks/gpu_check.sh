@@ -32,9 +32,9 @@ GPT2=(benchmarks/train_throughput.py --device cuda --compile --preset gpt2-124m 
 checks() {
   case $1 in
     tests) TAIL=12 step cuda_tests "${T_TESTS:-240}" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py ;;
-    # baseline vs PsyDuck at GPT-2 small's shape (vocab 50304), the lever that loses on GPUs, memory
+    # baseline vs PsyDuck at GPT-2 small's shape (vocab 50304, the preset's micro-batch), the lever that loses on GPUs, memory
     train) step train_gpt2 "${T_TRAIN:-240}" "$PY" "${GPT2[@]}" --lever fused_loss ;;
-    # the same at micro-batch 32 (the preset has 16 x 4 accumulation steps), timing only
+    # micro-batch 32 (the preset's own, given explicitly), timing only: the MFU row of README
     train_b32) step train_gpt2_b32 "${T_TRAIN:-200}" "$PY" "${GPT2[@]}" --batch-size 32 --no-levers --no-memory ;;
     # PsyDuck alone with Triton GEMMs autotuned per shape (compiles for minutes)
     autotune) step train_gpt2_autotune "${T_AUTOTUNE:-300}" "$PY" "${GPT2[@]}" --batch-size 32 --no-levers --no-baseline \
