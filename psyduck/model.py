@@ -352,7 +352,8 @@ class GPT(nn.Module):
             # weight copies of psyduck/decode_layout.py, made for multiplying one row
             with torch.inference_mode(), decoding(exact):
                 logits = self.lm_head(self.body(tokens, cache)[:, -1])  # the output layer for the last position only
-            if not exact and not bool(logits.sum().isfinite()):  # float16 overflowed: redo this step exactly
+            half = not exact and logits.device.type == "cpu"  # float16 copies are a CPU path (no GPU sync here)
+            if half and not bool(logits.sum().isfinite()):  # float16 overflowed: redo this step exactly
                 exact, cache.length = True, start
                 return last_logits(tokens)
             return logits
