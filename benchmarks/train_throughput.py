@@ -20,6 +20,8 @@ Method:
 - timing: after warm-up steps (which also allocate AdamW's state), single steps alternate
   baseline, PsyDuck, baseline, ... so that load from other processes hits both sides alike;
   tokens/s = tokens per step / median step time; ratio = PsyDuck tokens/s over the baseline's;
+  `--pairs`: each turn is two steps of one side, the second timed apart (ratio_after_self): a side's
+  step right after its own, as a user's run has it, rather than after the other side's;
 - MFU = tokens/s x FLOPs per token / peak. FLOPs per token: `psyduck.hardware.flops_per_token`
   (6 x matmul parameters, output layer included, + 12 * n_layer * T * d_model for attention), the
   same model FLOPs for both sides. Peak: the best square fp32 matmul (1024, 2048) measured in this
@@ -156,8 +158,15 @@ def psyduck_side(cfg, device, dtype, mode: str | None, *, loss: str = "auto", de
     return Side("psyduck", model, opt, step)
 
 
-def alternate(sides: list[Side], data: list, device, warmup: int, steps: int) -> dict[str, list[float]]:  # noqa: ANN001
-    """Warm up each side, then time single steps in turn; returns step seconds per side."""
+def alternate(sides: list[Side], data: list, device, warmup: int, steps: int,  # noqa: ANN001
+              pairs: bool = False) -> dict[str, list[float]]:
+    """Warm up each side, then time single steps in turn; returns step seconds per side.
+
+    With `pairs`, each turn is two steps of the same side: the first follows the other side's step
+    (as without pairs), the second follows its own and is recorded under "<name>@self". A side's
+    step can run slower right after the other side's (PsyDuck's ~5-7% after the baseline's, which
+    has just returned ~3.6 GB to the system); the pair shows both figures.
+    """
     times: dict[str, list[float]] = {s.name: [] for s in sides}
     i = 0
     for s in sides:
@@ -167,9 +176,10 @@ def alternate(sides: list[Side], data: list, device, warmup: int, steps: int) ->
     for k in range(steps):
         for s in sides:
             x, y = data[(k + steps) % len(data)]
-            with Timer(device) as tm:
-                s.step(x, y)
-            times[s.name].append(tm.seconds)
+            for name in (s.name, s.name + "@self") if pairs else (s.name,):
+                with Timer(device) as tm:
+                    s.step(x, y)
+                times.setdefault(name, []).append(tm.seconds)
     return times
 
 
@@ -243,7 +253,7 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
     psy = psyduck_side(cfg, device, dtype, mode)
     sides = [psy] if args.no_baseline else [baseline_side(cfg, device, dtype, mode), psy]
     peak = measured_peak(device, dtype)
-    times = alternate(sides, b, device, warmup, steps)
+    times = alternate(sides, b, device, warmup, steps, pairs=args.pairs)
     peak = max(peak, measured_peak(device, dtype))
     tokens = cfg.train.batch_size * cfg.model.block_size
     fpt = hardware.flops_per_token(psy.model)
@@ -254,9 +264,15 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
         sec = median(times[s.name])
         res[s.name] = {"step_s": sec, "step_s_all": times[s.name], "tokens_per_s": tokens / sec,
                        "mfu": tokens / sec * fpt / peak}
+        if args.pairs:
+            sec = median(times[s.name + "@self"])
+            res[s.name] |= {"step_s_after_self": sec, "step_s_after_self_all": times[s.name + "@self"],
+                            "tokens_per_s_after_self": tokens / sec}
     if not args.no_baseline:
         res["params_baseline"] = sum(p.numel() for p in sides[0].model.parameters())
         res["ratio"] = res["psyduck"]["tokens_per_s"] / res["baseline"]["tokens_per_s"]
+        if args.pairs:
+            res["ratio_after_self"] = res["psyduck"]["tokens_per_s_after_self"] / res["baseline"]["tokens_per_s_after_self"]
     del sides
     print(json.dumps(rounded({"timing": res})), file=sys.stderr, flush=True)
     if args.levers:
@@ -302,6 +318,8 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=0,
                    help="model vocabulary instead of the tokenizer's (ids folded in range), e.g. 50304 for GPT-2's shape")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--pairs", action="store_true",
+                   help="two steps per turn: also time each side right after its own step (ratio_after_self)")
     p.add_argument("--no-baseline", action="store_true",
                    help="time PsyDuck alone (sweeps of PsyDuck's own settings; no ratio, no memory comparison)")
     p.add_argument("--memory-child", choices=["baseline", "psyduck"], help=argparse.SUPPRESS)
@@ -326,6 +344,7 @@ def main() -> None:
         "compile": compile_mode(args),
         "results": results,
         "ratio": head.get("ratio"),
+        **({"ratio_after_self": head.get("ratio_after_self")} if args.pairs else {}),
         "memory_ratio": head.get("memory", {}).get("ratio"),
         "mfu": {n: r["psyduck"]["mfu"] for n, r in results.items()},
     }

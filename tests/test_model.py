@@ -185,3 +185,45 @@ def test_bad_model_configs_are_refused(kw, message):
     with pytest.raises(PsyDuckError) as e:
         small(**kw)
     assert str(e.value) == message
+
+
+@settings(max_examples=25, deadline=None)
+@given(p=st.floats(0.01, 0.9), shape=st.sampled_from([(7,), (3, 50), (2, 4, 33, 33)]), seed=st.integers(0, 2**16))
+def test_dropout_zeroes_about_p_and_scales_the_rest_to_keep_the_mean(p, shape, seed):
+    from psyduck.model import Dropout
+
+    drop = Dropout(p).train()
+    dropped = round(p * 65536) / 65536  # p as the 16-bit draws resolve it
+    x = torch.rand(shape, dtype=torch.float64) + 0.5
+    torch.manual_seed(seed)
+    y = drop(x)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / (1 - dropped))  # survivors scaled by 1 / (1 - p)
+    torch.manual_seed(seed)
+    torch.testing.assert_close(drop(x), y)  # the same seed, the same mask
+    big = drop(torch.ones(400_000, dtype=torch.float64))
+    frac = float((big == 0).double().mean())
+    assert abs(frac - dropped) < 5 * (dropped * (1 - dropped) / 400_000) ** 0.5 + 1e-9
+    assert abs(float(big.mean()) - 1.0) < 0.01  # the expectation is the input's
+    assert drop.eval()(x) is x  # off outside training
+
+
+def test_dropout_gradient_uses_the_forward_mask():
+    from psyduck.model import Dropout
+
+    torch.manual_seed(3)
+    x = torch.rand(64, 64, dtype=torch.float64, requires_grad=True)
+    y = Dropout(0.3).train()(x)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, torch.where(y != 0, 1 / (1 - round(0.3 * 65536) / 65536), 0.0).double())
+
+
+def test_cpu_training_attention_with_dropout_computes_what_sdpa_computes():
+    """Training on a CPU with dropout uses the all-heads explicit path; with nothing dropped (p below
+    1/65536 rounds to 0) its outputs equal the fused SDPA path's."""
+    fast = GPT(small(dropout=0.0))
+    explicit = GPT(small(dropout=1e-7))
+    explicit.load_state_dict(fast.state_dict())
+    x = torch.randint(0, 97, (3, 16))
+    fast.train(), explicit.train()
+    torch.testing.assert_close(explicit(x)[0], fast(x)[0], rtol=1e-5, atol=1e-5)

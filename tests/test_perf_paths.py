@@ -63,6 +63,22 @@ def test_fused_loss_and_grads_equal_plain(n, c, v, bias, ignore, rows, upstream,
 
 
 @pytest.mark.parametrize("bias", [True, False])
+def test_logits_far_above_the_right_one_are_shifted_by_the_max(bias):
+    """Blocks are shifted by the right token's logit; where another logit is 88+ above it, exp would
+    overflow in float32 and the block is redone with the max as shift: the same loss and gradients."""
+    h, w, b, y = make(24, 8, 50, bias, 0.0, dtype=torch.float32, seed=3)
+    w = w * 60  # logits spread over hundreds
+    per_row = F.cross_entropy(F.linear(h.double(), w.double(), b.double() if bias else None), y, reduction="none")
+    assert float(per_row.max()) > 100 and float(per_row.min()) < 80  # some blocks overflow, some do not
+    as64 = [t.double() if t is not None else None for t in (h, w, b)]
+    ref_loss, ref_grads = loss_and_grads(plain, *as64, y)
+    loss, grads = loss_and_grads(lambda *a: chunked_cross_entropy(*a, rows_per_chunk=5), h, w, b, y)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-4)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
 def test_fp32_batched_shapes_and_default_block_size(bias):
     h, w, b, y = make(33, 24, 1013, bias, 0.2, dtype=torch.float32, lead=(3,))  # h (3, 33, 24), y (3, 33)
     ref_loss, ref_grads = loss_and_grads(plain, h, w, b, y)
