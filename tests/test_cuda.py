@@ -96,6 +96,18 @@ def test_fused_loss_under_bf16_autocast_matches_plain_loss():
         torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-3)
 
 
+def test_dropout_on_the_gpu_is_torch_dropout():
+    """`Dropout` draws its own 16-bit masks on CPUs only; on GPUs it is F.dropout's fused kernel."""
+    from psyduck.model import Dropout
+
+    x = torch.rand(1_000_000, device="cuda") + 0.5
+    torch.manual_seed(0)
+    got = Dropout(0.1).train()(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(got, F.dropout(x, 0.1, training=True))
+    assert abs(float((got == 0).float().mean()) - 0.1) < 0.003
+
+
 def test_kv_cache_generation_equals_full_recompute():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
