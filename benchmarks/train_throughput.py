@@ -20,8 +20,6 @@ Method:
 - timing: after warm-up steps (which also allocate AdamW's state), single steps alternate
   baseline, PsyDuck, baseline, ... so that load from other processes hits both sides alike;
   tokens/s = tokens per step / median step time; ratio = PsyDuck tokens/s over the baseline's;
-  `--pairs`: each turn is two steps of one side, the second timed apart (ratio_after_self): a side's
-  step right after its own, as a user's run has it, rather than after the other side's;
 - MFU = tokens/s x FLOPs per token / peak. FLOPs per token: `psyduck.hardware.flops_per_token`
   (6 x matmul parameters, output layer included, + 12 * n_layer * T * d_model for attention), the
   same model FLOPs for both sides. Peak: the best square fp32 matmul (1024, 2048) measured in this
@@ -34,8 +32,9 @@ Method:
 - levers (`--levers`, on by default in full runs): PsyDuck with one lever undone at a time, each
   timed alternating with the full PsyDuck step: the other loss (plain_loss, full logits +
   F.cross_entropy, on a CPU; fused_loss on a GPU), default AdamW, teaching attention (per-head
-  explicit mask), and the token embedding frozen (an upper bound on what skipping untouched
-  embedding rows could save).
+  explicit mask), the token embedding frozen (an upper bound on what skipping untouched
+  embedding rows could save), and torch's nn.Dropout in place of PsyDuck's `Dropout` (CPUs, presets
+  with dropout).
 """
 
 from __future__ import annotations
@@ -60,7 +59,7 @@ from common import (  # noqa: E402
 from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
 from psyduck.losses import use_fused_loss  # noqa: E402
-from psyduck.model import GPT, MultiHeadAttention  # noqa: E402
+from psyduck.model import GPT, Dropout, MultiHeadAttention  # noqa: E402
 from psyduck.train import lr_at, make_optimizer  # noqa: E402
 
 
@@ -118,11 +117,17 @@ def baseline_side(cfg, device, dtype, mode: str | None) -> Side:  # noqa: ANN001
 
 
 def psyduck_side(cfg, device, dtype, mode: str | None, *, loss: str = "auto", default_adamw: bool = False,
-                 teaching: bool = False, frozen_embedding: bool = False, model: GPT | None = None) -> Side:  # noqa: ANN001
+                 teaching: bool = False, frozen_embedding: bool = False, torch_dropout: bool = False,
+                 model: GPT | None = None) -> Side:  # noqa: ANN001
     t = cfg.train
     if model is None:
         torch.manual_seed(0)
         model = GPT(cfg.model).to(device)
+    if torch_dropout:  # nn.Dropout (torch's Bernoulli sampler) in place of psyduck's 16-bit masks
+        for m in list(model.modules()):
+            for child_name, child in m.named_children():
+                if isinstance(child, Dropout):
+                    setattr(m, child_name, torch.nn.Dropout(child.p))
     if frozen_embedding:
         model.tok_emb.weight.requires_grad_(False)
     if default_adamw:
@@ -158,15 +163,8 @@ def psyduck_side(cfg, device, dtype, mode: str | None, *, loss: str = "auto", de
     return Side("psyduck", model, opt, step)
 
 
-def alternate(sides: list[Side], data: list, device, warmup: int, steps: int,  # noqa: ANN001
-              pairs: bool = False) -> dict[str, list[float]]:
-    """Warm up each side, then time single steps in turn; returns step seconds per side.
-
-    With `pairs`, each turn is two steps of the same side: the first follows the other side's step
-    (as without pairs), the second follows its own and is recorded under "<name>@self". A side's
-    step can run slower right after the other side's (PsyDuck's ~5-7% after the baseline's, which
-    has just returned ~3.6 GB to the system); the pair shows both figures.
-    """
+def alternate(sides: list[Side], data: list, device, warmup: int, steps: int) -> dict[str, list[float]]:  # noqa: ANN001
+    """Warm up each side, then time single steps in turn; returns step seconds per side."""
     times: dict[str, list[float]] = {s.name: [] for s in sides}
     i = 0
     for s in sides:
@@ -176,10 +174,9 @@ def alternate(sides: list[Side], data: list, device, warmup: int, steps: int,  #
     for k in range(steps):
         for s in sides:
             x, y = data[(k + steps) % len(data)]
-            for name in (s.name, s.name + "@self") if pairs else (s.name,):
-                with Timer(device) as tm:
-                    s.step(x, y)
-                times.setdefault(name, []).append(tm.seconds)
+            with Timer(device) as tm:
+                s.step(x, y)
+            times[s.name].append(tm.seconds)
     return times
 
 
@@ -253,7 +250,7 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
     psy = psyduck_side(cfg, device, dtype, mode)
     sides = [psy] if args.no_baseline else [baseline_side(cfg, device, dtype, mode), psy]
     peak = measured_peak(device, dtype)
-    times = alternate(sides, b, device, warmup, steps, pairs=args.pairs)
+    times = alternate(sides, b, device, warmup, steps)
     peak = max(peak, measured_peak(device, dtype))
     tokens = cfg.train.batch_size * cfg.model.block_size
     fpt = hardware.flops_per_token(psy.model)
@@ -264,15 +261,9 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
         sec = median(times[s.name])
         res[s.name] = {"step_s": sec, "step_s_all": times[s.name], "tokens_per_s": tokens / sec,
                        "mfu": tokens / sec * fpt / peak}
-        if args.pairs:
-            sec = median(times[s.name + "@self"])
-            res[s.name] |= {"step_s_after_self": sec, "step_s_after_self_all": times[s.name + "@self"],
-                            "tokens_per_s_after_self": tokens / sec}
     if not args.no_baseline:
         res["params_baseline"] = sum(p.numel() for p in sides[0].model.parameters())
         res["ratio"] = res["psyduck"]["tokens_per_s"] / res["baseline"]["tokens_per_s"]
-        if args.pairs:
-            res["ratio_after_self"] = res["psyduck"]["tokens_per_s_after_self"] / res["baseline"]["tokens_per_s_after_self"]
     del sides
     print(json.dumps(rounded({"timing": res})), file=sys.stderr, flush=True)
     if args.levers:
@@ -285,6 +276,8 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
         }
         if not cfg.model.tie_embeddings:
             variants["frozen_embedding"] = dict(frozen_embedding=True)
+        if cfg.model.dropout > 0 and device.type == "cpu":
+            variants["torch_dropout"] = dict(torch_dropout=True)
         if args.lever:
             variants = {k: v for k, v in variants.items() if k in args.lever}
         for lever, kw in variants.items():
@@ -313,13 +306,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=0, help="override the preset's batch size")
     p.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
                    help="time each lever undone (default: on, off with --quick)")
-    p.add_argument("--lever", action="append", choices=["plain_loss", "fused_loss", "default_adamw", "teaching_attention", "frozen_embedding"],
+    p.add_argument("--lever", action="append", choices=["plain_loss", "fused_loss", "default_adamw", "teaching_attention", "frozen_embedding", "torch_dropout"],
                    help="time only these levers (repeatable; implies --levers)")
     p.add_argument("--vocab-size", type=int, default=0,
                    help="model vocabulary instead of the tokenizer's (ids folded in range), e.g. 50304 for GPT-2's shape")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--pairs", action="store_true",
-                   help="two steps per turn: also time each side right after its own step (ratio_after_self)")
     p.add_argument("--no-baseline", action="store_true",
                    help="time PsyDuck alone (sweeps of PsyDuck's own settings; no ratio, no memory comparison)")
     p.add_argument("--memory-child", choices=["baseline", "psyduck"], help=argparse.SUPPRESS)
@@ -344,7 +335,6 @@ def main() -> None:
         "compile": compile_mode(args),
         "results": results,
         "ratio": head.get("ratio"),
-        **({"ratio_after_self": head.get("ratio_after_self")} if args.pairs else {}),
         "memory_ratio": head.get("memory", {}).get("ratio"),
         "mfu": {n: r["psyduck"]["mfu"] for n, r in results.items()},
     }

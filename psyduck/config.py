@@ -312,7 +312,8 @@ def _cpu_small() -> Config:
       vocabulary starts every model lower and packs more text into each 128-token window; the
       fused output layer + loss (psyduck/losses.py) keeps its 32k-wide output affordable.
     - size: d_model 256, 4 blocks, 8 heads, context 128, RoPE + RMSNorm + GELU, no biases, tied
-      embeddings: 11.5M parameters (8.4M of them the embedding), ~1,200 tokens/s, ~68% MFU here.
+      embeddings: 11.5M parameters (8.4M of them the embedding), ~1,200 tokens/s, ~68% MFU here
+      when chosen (1,269 tokens/s, 80% MFU since the loss's shift by the right logit).
     - sweep, `time_to_quality.py --only cpu-small --minutes M` (val bits per byte at the end of M
       minutes; the seed recipe ends its 10 minutes at 2.16 on the FACTS machine):
         M=2, bpe-8192, 6 blocks: batch 32 dropout 0.1 warmup 50 (the first version) 2.45;
@@ -326,8 +327,9 @@ def _cpu_small() -> Config:
           cpu-small 1.985 after 320 steps; the seed recipe 2.395 after 62 steps (12 s a step
           here, half the FACTS machine's pace); cpu-small passed 2.395 at 25 s (ratio 0.04) and
           the FACTS figure 2.16 at ~2.7 min; it ends 17% below the seed recipe (target: 30%)
-      Dropout 0: a 10-minute run sees under one epoch, and dropout on CPU costs ~30% of the step
-      (slow random numbers, and it forces the unfused attention path). Small batches (more steps)
+      Dropout 0: a 10-minute run sees under one epoch, and dropout on CPU cost ~30% of the step
+      when measured (torch's slow Bernoulli sampler, since replaced by `model.Dropout`'s 16-bit
+      masks; it still forces the explicit attention path). Small batches (more steps)
       win at these budgets; 4 blocks beat 6 (more steps in the same time).
     - schedule: 160 steps of batch 16 (about 6 minutes here with its evaluations; val 2.0 bits
       per byte in the demo from a fresh clone; the time-to-quality benchmark
