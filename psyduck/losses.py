@@ -40,6 +40,8 @@ Choices:
   and written into the block before the matmul adds onto it: exp(z - z_y) overflows only where some
   logit is ~88 above the right one (a loss of 88+ nats; that block is then redone with the max), and
   the right token's own exp(0) = 1 keeps every sum >= 1. seed-60m's loss: ~13% faster per block.
+  Under autocast (float16/bfloat16 matmuls) the max is subtracted as well, so the exps that go
+  back into low-precision matmuls stay at most 1.
 - Rows ignored by the loss (target -1) are dropped before the matmuls; their gradient is zero.
 - The softmax runs in fp32 even when the matmuls run in bf16/fp16 under autocast (GPUs); the
   weight and bias gradients are accumulated in fp32.
@@ -136,9 +138,10 @@ def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  #
         b = bias.to(cdtype)[:, None] if bias is not None else None  # (V, 1)
         scale = 1.0 / max(n_valid, 1)
         grad_hv = torch.empty(hv.shape, device=h.device, dtype=cdtype) if need_h else None
+        low = acc != cdtype  # float16/bfloat16 matmuls under autocast, float32 softmax and sums
         grad_w = None
         if need_w:  # written by the first block's product (float32), or summed into (lower precisions)
-            grad_w = (torch.empty if acc == cdtype and n_valid else torch.zeros)(weight.shape, device=h.device, dtype=acc)
+            grad_w = (torch.zeros if low or not n_valid else torch.empty)(weight.shape, device=h.device, dtype=acc)
         grad_b = torch.zeros(weight.shape[0], device=h.device, dtype=acc) if need_b else None
         loss = torch.zeros((), device=h.device, dtype=acc)
         block = None
@@ -155,8 +158,10 @@ def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  #
                 shift += b[y1, 0]
             z = _shifted_logits(w, hc, b, shift, block).to(acc)  # (V, r): z - shift
             zy = z.gather(0, y1[None, :]).squeeze(0)  # (r,) the right logit after the shift (~0)
-            top = 0.0
-            e = z.exp_()  # (V, r) in place
+            # under autocast the exps go back into float16/bfloat16 matmuls: shift by the max too, so
+            # that each is at most 1 (float16 ends at 65,504)
+            top = z.amax(0) if low else 0.0
+            e = (z.sub_(top) if low else z).exp_()  # (V, r) in place
             total = e.sum(0)  # (r,)
             if not bool(torch.isfinite(total).all()):  # a logit 88+ above the right one: shift by the max
                 z = _shifted_logits(w, hc, b, shift, block).to(acc)
@@ -175,13 +180,14 @@ def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  #
                 torch.mm(g.t(), w, out=gh)  # (r, C)
                 gh.mul_(inv.to(cdtype)[:, None]).sub_(w.index_select(0, y1))
             if need_w:
-                hs = hc * (inv * scale).to(cdtype)[:, None]  # (r, C): each row scaled by 1 / (total n)
-                if acc != cdtype:
-                    grad_w.add_(g @ hs)
-                elif start == 0:
-                    torch.mm(g, hs, out=grad_w)  # the first block writes, the others add
+                if low:  # the 1/n stays out of the low-precision operand, applied in float32
+                    grad_w.add_(g @ (hc * inv.to(cdtype)[:, None]), alpha=scale)
                 else:
-                    grad_w.addmm_(g, hs)
+                    hs = hc * (inv * scale)[:, None]  # (r, C): each row scaled by 1 / (total n)
+                    if start == 0:
+                        torch.mm(g, hs, out=grad_w)  # the first block writes, the others add
+                    else:
+                        grad_w.addmm_(g, hs)
                 grad_w.index_add_(0, y1, hc.to(acc), alpha=-scale)
             if need_b:
                 grad_b.add_(e @ inv, alpha=scale)

@@ -105,9 +105,14 @@ def test_no_grad_gives_the_same_loss():
         torch.testing.assert_close(chunked_cross_entropy(h, w, b, y, rows_per_chunk=7), plain(h, w, b, y))
 
 
-def test_bf16_autocast_matches_plain_autocast():
+@pytest.mark.parametrize("dtype, spread", [(torch.bfloat16, 1.0), (torch.float16, 1.0), (torch.float16, 6.0)])
+def test_low_precision_autocast_matches_plain_autocast(dtype, spread):
+    """Under autocast the block is shifted by its max as well: here some logits sit ~19 (spread 1) or
+    ~115 (spread 6) above the right one, so exp(z - z_y) would pass float16's 65,504 in the matmuls
+    that follow."""
     h, w, b, y = make(64, 32, 500, True, 0.1, dtype=torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    w = w * spread
+    with torch.autocast("cpu", dtype=dtype):
         ref_loss, ref_grads = loss_and_grads(lambda h, w, b, y: F.cross_entropy(F.linear(h, w, b).float(), y, ignore_index=-1), h, w, b, y)
         loss, grads = loss_and_grads(chunked_cross_entropy, h, w, b, y)
     assert loss.dtype == torch.float32
