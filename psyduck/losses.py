@@ -153,7 +153,8 @@ def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  #
             # the right token's logit, one dot product per row, is the shift: exp(z - z_y) never
             # overflows unless some logit is ~88 above the right one (a loss of 88+ nats), and the right
             # token's own exp(0) = 1 keeps every column's sum >= 1
-            shift = (w.index_select(0, y1) * hc).sum(1)  # (r,)
+            wy = w.index_select(0, y1)  # (r, C) the right tokens' rows of W
+            shift = (wy * hc).sum(1)  # (r,)
             if b is not None:
                 shift += b[y1, 0]
             z = _shifted_logits(w, hc, b, shift, block).to(acc)  # (V, r): z - shift
@@ -178,7 +179,7 @@ def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  #
             if need_h:
                 gh = grad_hv[start : start + rows_per_chunk]
                 torch.mm(g.t(), w, out=gh)  # (r, C)
-                gh.mul_(inv.to(cdtype)[:, None]).sub_(w.index_select(0, y1))
+                gh.mul_(inv.to(cdtype)[:, None]).sub_(wy)
             if need_w:
                 if low:  # the 1/n stays out of the low-precision operand, applied in float32
                     grad_w.add_(g @ (hc * inv.to(cdtype)[:, None]), alpha=scale)

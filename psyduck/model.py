@@ -53,10 +53,11 @@ class Dropout(nn.Module):
 
     The same as `nn.Dropout` except, on CPUs, where the random numbers come from: torch's Bernoulli
     sampler there takes ~16 ms for 2M numbers (the attention weights of one seed-60m block). Here
-    each number gets 16 random bits (64-bit draws cut in four): ~4 ms. seed-60m's blocks, forward +
-    backward: 1.51 s instead of 1.77 with nn.Dropout (interleaved A/B on the 2-core CI-class CPU). That rounds p to a multiple of 1/65536 (0.1 -> 0.100006), and the survivors are
-    scaled by 1 / (1 - the rounded p), so the expectation stays exact. Draws come from torch's
-    generator, so `torch.manual_seed` and checkpointed RNG states reproduce them.
+    each number gets 16 random bits (64-bit draws cut in four): ~4 ms; seed-60m's blocks, forward +
+    backward, 1.51 s instead of 1.77 with nn.Dropout (interleaved A/B on the 2-core CI-class CPU).
+    The 16 bits round p to a multiple of 1/65536 (0.1 -> 0.100006), and the survivors are scaled by
+    1 / (1 - the rounded p), so the expectation stays exact. Draws come from torch's generator, so
+    `torch.manual_seed` and checkpointed RNG states reproduce them.
     """
 
     def __init__(self, p: float) -> None:
