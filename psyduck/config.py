@@ -328,7 +328,9 @@ def _cpu_small() -> Config:
           here, half the FACTS machine's pace); cpu-small passed 2.395 at 25 s (ratio 0.04) and
           the FACTS figure 2.16 at ~2.7 min; it ends 17% below the seed recipe (target: 30%)
         M=10, cpu-small alone after the loss's shift by the right logit (~20% more steps): 1.945
-          after 390 steps (19% below 2.395)
+          after 390 steps (19% below 2.395). A power law fitted to that curve from minute 1 on
+          (1.54 + 2.89 t^-0.31, t in seconds) reaches 1.9 at ~14 minutes, 1.8 at ~39 and the
+          target's 1.68 (30% below 2.395) at ~290: out of reach of any recipe at this speed
       Dropout 0: a 10-minute run sees under one epoch, and dropout on CPU cost ~30% of the step
       when measured (torch's slow Bernoulli sampler, since replaced by `model.Dropout`'s 16-bit
       masks; it still forces the explicit attention path). Small batches (more steps)
