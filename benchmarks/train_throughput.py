@@ -20,6 +20,10 @@ Method:
 - timing: after warm-up steps (which also allocate AdamW's state), single steps alternate
   baseline, PsyDuck, baseline, ... so that load from other processes hits both sides alike;
   tokens/s = tokens per step / median step time; ratio = PsyDuck tokens/s over the baseline's;
+  `ratio_rounds`: the ratio of each turn (baseline step / the PsyDuck step after it), min, median
+  and max, to show how much one run's ratio can move; `page_faults_per_step` (minor faults, CPU):
+  memory the kernel had to map and zero during a step (large blocks that torch freed go back to the
+  kernel and are mapped again);
 - MFU = tokens/s x FLOPs per token / peak. FLOPs per token: `psyduck.hardware.flops_per_token`
   (6 x matmul parameters, output layer included, + 12 * n_layer * T * d_model for attention), the
   same model FLOPs for both sides. Peak: the best square fp32 matmul (1024, 2048) measured in this
@@ -91,6 +95,7 @@ class Side:
     def __init__(self, name: str, model, optimizer, step_fn) -> None:  # noqa: ANN001
         self.name, self.model, self.optimizer, self.step_fn = name, model, optimizer, step_fn
         self.steps = 0
+        self.faults: list[int] = []  # minor page faults of each timed step (memory the kernel maps fresh)
 
     def step(self, x, y) -> float:  # noqa: ANN001
         loss = self.step_fn(self, x, y)
@@ -174,8 +179,10 @@ def alternate(sides: list[Side], data: list, device, warmup: int, steps: int) ->
     for k in range(steps):
         for s in sides:
             x, y = data[(k + steps) % len(data)]
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             with Timer(device) as tm:
                 s.step(x, y)
+            s.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
             times[s.name].append(tm.seconds)
     return times
 
@@ -260,10 +267,12 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
     for s in sides:
         sec = median(times[s.name])
         res[s.name] = {"step_s": sec, "step_s_all": times[s.name], "tokens_per_s": tokens / sec,
-                       "mfu": tokens / sec * fpt / peak}
+                       "mfu": tokens / sec * fpt / peak, "page_faults_per_step": median(s.faults)}
     if not args.no_baseline:
         res["params_baseline"] = sum(p.numel() for p in sides[0].model.parameters())
         res["ratio"] = res["psyduck"]["tokens_per_s"] / res["baseline"]["tokens_per_s"]
+        rounds = sorted(b / p for b, p in zip(times["baseline"], times["psyduck"]))  # one per turn taken
+        res["ratio_rounds"] = {"min": rounds[0], "median": median(rounds), "max": rounds[-1]}
     del sides
     print(json.dumps(rounded({"timing": res})), file=sys.stderr, flush=True)
     if args.levers:
