@@ -6,6 +6,7 @@ free port of 127.0.0.1) so the tests talk real HTTP without paying for a model l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -20,9 +21,14 @@ from pathlib import Path
 import openai
 import pytest
 import uvicorn
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.testclient import TestClient
 
+from psyduck.serve import routes
 from psyduck.serve.app import create_app
+from psyduck.serve.errors import ApiError
+from psyduck.serve.schemas import CompletionRequest
+from psyduck.serve.state import ServeState
 from psyduck.serve.engine import TextStream
 
 RUN_NAME = "tiny-run"
@@ -477,6 +483,91 @@ def test_playground_streams_in_a_real_browser(base_url, run_dir, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers and dependencies, called directly with a small state of their own (no app, no model)
+# ---------------------------------------------------------------------------------------------
+
+class ByteTokenizer:
+    """A stand-in tokenizer: one id per UTF-8 byte, and 256 for end-of-text."""
+
+    name, vocab_size, eot_id = "bytes", 257, 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", "replace")
+
+
+def small_state(run_dir: Path | None = None, **limits) -> ServeState:
+    return ServeState(model=None, tok=ByteTokenizer(), name="m", run_dir=run_dir, **limits)
+
+
+def test_check_model_and_check_key_refuse_in_openai_shape():
+    state = small_state(api_key="k")
+    assert routes.check_model(state, None) is None and routes.check_model(state, "m") is None
+    with pytest.raises(ApiError) as e:
+        routes.check_model(state, "gpt-4")
+    assert (e.value.status, e.value.param, e.value.code) == (404, "model", "model_not_found")
+    assert "'m'" in e.value.message
+
+    assert routes.check_key(state, HTTPAuthorizationCredentials(scheme="Bearer", credentials="k")) is None
+    for creds in (None, HTTPAuthorizationCredentials(scheme="Bearer", credentials="kk")):
+        with pytest.raises(ApiError) as e:
+            routes.check_key(state, creds)
+        assert (e.value.status, e.value.code) == (401, "invalid_api_key")
+        assert e.value.headers == {"WWW-Authenticate": "Bearer"}
+    assert routes.check_key(small_state(), None) is None  # no --api-key: nothing to check
+
+
+def test_sampling_params_fill_defaults_and_apply_the_cap():
+    state = small_state(max_tokens_cap=8)
+
+    def fields(**body):
+        p = routes.sampling_params(state, CompletionRequest(prompt="x", **body))
+        return p.max_tokens, p.temperature, p.top_k, p.top_p, p.seed, p.stop, p.ignore_eos
+
+    assert fields() == (8, 1.0, None, None, None, (), False)  # default 16, but the cap is lower
+    assert fields(max_tokens=3, temperature=0, top_k=5, top_p=0.5, seed=4, stop="\n", ignore_eos=True) == (
+        3, 0.0, 5, 0.5, 4, ("\n",), True)
+    assert fields(top_k=-1, top_p=1.0, temperature=None, stop=["a", "b"])[1:4] == (1.0, None, None)
+    assert fields(stop=["a", "b"])[5] == ("a", "b")
+    with pytest.raises(ApiError) as e:
+        fields(max_tokens=9)
+    assert (e.value.status, e.value.param, e.value.code) == (400, "max_tokens", "max_tokens_too_large")
+
+
+def test_encode_prompts_shapes_and_limits():
+    state = small_state(max_prompt_tokens=4)
+    assert routes.encode_prompts(state, "ab") == [[97, 98]]
+    assert routes.encode_prompts(state, "") == [[256]]  # an empty prompt starts a new document
+    assert routes.encode_prompts(state, [1, 2]) == [[1, 2]]
+    assert routes.encode_prompts(state, [[1], [2, 3]]) == [[1], [2, 3]]
+    assert routes.encode_prompts(state, ["a", "b"]) == [[97], [98]]
+    for prompt, code in (("abcde", "context_length_exceeded"), ([[1], [257]], None), ([], None)):
+        with pytest.raises(ApiError) as e:
+            routes.encode_prompts(state, prompt)
+        assert (e.value.status, e.value.param, e.value.code) == (400, "prompt", code)
+
+
+def test_run_metrics_and_health_read_the_state_they_are_given(tmp_path):
+    run = tmp_path / "r1"
+    run.mkdir()
+    state = small_state(run, max_concurrency=2, max_queue=3)
+    assert routes.run_metrics("r1", state).rows == []
+    (run / "metrics.jsonl").write_text('{"step": 0, "val_loss": 5.0}\n[1, 2]\n{"step": 5, "val_loss": NaN}\n{"st')
+    got = routes.run_metrics("r1", state)
+    assert got.run == "r1" and got.rows == [{"step": 0, "val_loss": 5.0}, {"step": 5, "val_loss": None}]
+    assert got.updated == (run / "metrics.jsonl").stat().st_mtime
+    for name, where in (("r2", state), ("r1", small_state(None))):
+        with pytest.raises(ApiError) as e:
+            routes.run_metrics(name, where)
+        assert (e.value.status, e.value.code) == (404, "run_not_found")
+
+    health = asyncio.run(routes.health(state))
+    assert (health.model, health.active, health.queued) == ("m", 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------
