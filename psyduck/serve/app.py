@@ -9,10 +9,12 @@
 - schemas.py: the request and response bodies (OpenAI's names and defaults);
 - errors.py: every error, ours or the framework's, in OpenAI's shape;
 - openapi.py: /openapi.json and /docs, with this server's limits written in;
+- limits.py: request bodies over the size limit refused before they are read;
+- prompts.py: prompts to token ids, too-long ones refused before they are tokenized;
 - engine.py: generation in worker threads and the admission control (`Slots`).
 
-Extensions beyond OpenAI's parameters, both from vLLM's API: `top_k` (0 or -1: off) and
-`ignore_eos` (do not stop at <|endoftext|>: exactly `max_tokens` tokens unless a `stop` string).
+Extensions beyond OpenAI's parameters, both from vLLM's API: `top_k` (-1 or null: off; 0 is
+refused, as `psyduck generate --top-k 0` is) and `ignore_eos` (do not stop at <|endoftext|>: exactly `max_tokens` tokens unless a `stop` string).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from psyduck.serve.errors import add_error_handlers
+from psyduck.serve.limits import BodyLimit
 from psyduck.serve.openapi import ServeApp
 from psyduck.serve.routes import router
 from psyduck.serve.state import load_state
@@ -51,16 +54,18 @@ def create_app(
     max_prompt_tokens: int | None = None,
     max_concurrency: int = 4,
     max_queue: int = 16,
+    max_body_mb: float = 8.0,
 ) -> FastAPI:
     """The app serving a run folder (loaded here), or an already-loaded `model` and `tokenizer`.
 
     `max_prompt_tokens` defaults to the model's context window (block_size). With `run_dir` and a
     model both given, the model is served and the folder only supplies the name and the metrics.
+    A request body over `max_body_mb` megabytes (10^6 bytes) is refused with 413 before it is read.
     """
     state = load_state(
         run_dir, model=model, tokenizer=tokenizer, model_name=model_name, checkpoint=checkpoint, device=device,
         api_key=api_key, max_tokens_cap=max_tokens_cap, max_prompt_tokens=max_prompt_tokens,
-        max_concurrency=max_concurrency, max_queue=max_queue,
+        max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb,
     )
 
     app = ServeApp(
@@ -69,5 +74,6 @@ def create_app(
     )
     app.state.psyduck = state
     add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=state.max_body_bytes)
     app.include_router(router)
     return app

@@ -50,6 +50,7 @@ def error_response(
 TYPE_HINTS = {
     "prompt": "prompt must be a string, a list of strings, a list of token ids, or a list of lists of token ids",
     "stop": "stop must be a string or a list of at most 4 strings",
+    "top_k": "top_k must be a positive integer, or -1 or null for no top-k filtering (0 is refused, as in `psyduck generate`)",
 }
 
 

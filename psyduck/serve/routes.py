@@ -2,8 +2,9 @@
 
     GET  /v1/models, /v1/models/{id}   the one model this server holds (named after the run folder)
     POST /v1/completions               prompt -> continuation; `stream: true` for server-sent events
+    POST /v1/chat/completions          not yet: a clear 404 in OpenAI's shape
     GET  /health                       liveness, plus how many generations run and wait
-    GET  /api/info                     what the page needs to draw its controls
+    GET  /api/info                     what the page needs to draw its controls (behind the key, if any)
     GET  /api/runs/{name}/metrics      the run's metrics.jsonl as JSON (the loss-curve tab polls it)
     GET  /, /runs/{name}               the playground and the loss curves (one self-contained page)
 
@@ -38,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from psyduck.errors import PsyDuckError
 from psyduck.serve.engine import Choice, ClientGone, Delta, Overloaded, SamplingParams, generate
 from psyduck.serve.errors import ApiError, error_body
+from psyduck.serve.prompts import encode_prompts
 from psyduck.serve.schemas import (
     ERRORS, MAX_N, CompletionRequest, CompletionResponse, Health, Info, ModelCard, ModelList, RunMetrics,
 )
@@ -109,7 +111,7 @@ async def health(state: State) -> Health:
     return Health(model=state.name, active=state.slots.active, queued=state.slots.waiting)
 
 
-@router.get("/api/info", response_model=Info)
+@router.get("/api/info", response_model=Info, dependencies=AUTH, responses=ERRORS)
 async def info(state: State) -> Info:
     return Info(
         model=state.name, run=state.run_name, auth=state.api_key is not None, max_tokens_cap=state.max_tokens_cap,
@@ -133,36 +135,6 @@ def sampling_params(state: ServeState, body: CompletionRequest) -> SamplingParam
     top_p = body.top_p if body.top_p is not None and body.top_p < 1 else None
     temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(max_tokens, temperature, top_k, top_p, body.seed, stop, bool(body.ignore_eos))
-
-
-def encode_prompts(state: ServeState, prompt: Any) -> list[list[int]]:
-    """The request's prompt(s) as token-id lists (runs in a worker thread: long texts take time)."""
-    if isinstance(prompt, str):
-        items: list = [prompt]
-    elif prompt and all(isinstance(x, int) for x in prompt):
-        items = [prompt]  # one prompt given as token ids
-    else:
-        items = list(prompt)
-    if not items:
-        raise ApiError(400, "prompt is an empty list; give at least one prompt", param="prompt")
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            ids = state.tok.encode(item) if item else [state.tok.eot_id]  # "": start a new document
-        else:
-            ids = list(item)
-            if not ids:
-                raise ApiError(400, "a token-id prompt is empty; give at least one id", param="prompt")
-            bad = next((i for i in ids if not 0 <= i < state.tok.vocab_size), None)
-            if bad is not None:
-                raise ApiError(400, f"token id {bad} is outside the vocabulary (0..{state.tok.vocab_size - 1})", param="prompt")
-        if len(ids) > state.max_prompt_tokens:
-            raise ApiError(
-                400, f"the prompt is {len(ids)} tokens long; this server accepts at most {state.max_prompt_tokens}",
-                param="prompt", code="context_length_exceeded",
-            )
-        out.append(ids)
-    return out
 
 
 @dataclass
@@ -201,14 +173,28 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     check_model(state, body.model)
     params = sampling_params(state, body)
     n = body.n or 1
-    prompts = await run_in_threadpool(encode_prompts, state, body.prompt)
-    if len(prompts) * n > MAX_N:
-        raise ApiError(400, f"{len(prompts)} prompts x n={n} asks for more than {MAX_N} completions", param="n")
-    reply = Reply.of(state, prompts, n, bool(body.echo))
+    prompts, reply = await run_in_threadpool(read_prompts, state, body, n)  # off the event loop: long texts take time
     if not body.stream:
         return await complete(request, state, prompts, n, params, reply)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await stream(request, state, prompts, n, params, reply, include_usage)
+
+
+def read_prompts(state: ServeState, body: CompletionRequest, n: int) -> tuple[list[list[int]], Reply]:
+    """The prompts as ids (and, for `echo`, as text again), checked against the limits."""
+    prompts = encode_prompts(state, body.prompt)
+    if len(prompts) * n > MAX_N:
+        raise ApiError(400, f"{len(prompts)} prompts x n={n} asks for more than {MAX_N} completions", param="n")
+    return prompts, Reply.of(state, prompts, n, bool(body.echo))
+
+
+@router.post("/v1/chat/completions", include_in_schema=False)
+async def chat_completions() -> Response:
+    """Not yet: say so in OpenAI's shape (404, so clients do not retry), instead of a bare "Not Found"."""
+    raise ApiError(
+        404, "this server has no /v1/chat/completions yet: a PsyDuck model continues text; "
+        "send a `prompt` to POST /v1/completions instead", code="unsupported_endpoint",
+    )
 
 
 async def start(

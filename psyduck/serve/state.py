@@ -35,13 +35,16 @@ class ServeState:
     max_concurrency: int = 4
     max_queue: int = 16
     page: str = ""  # the HTML of PAGE
+    max_body_bytes: int = 8 * 10**6  # larger request bodies are refused before they are read (limits.py)
     slots: Slots = field(init=False)
     cancels: set[threading.Event] = field(init=False, default_factory=set)  # of generations in flight
     created: int = field(init=False, default_factory=lambda: int(time.time()))
     executor: ThreadPoolExecutor | None = field(init=False, default=None)  # made on first use
+    token_chars: int = field(init=False)  # the most characters one token stands for (prompts.py)
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.max_concurrency, self.max_queue)
+        self.token_chars = longest_token(self.tok)
 
     @property
     def run_name(self) -> str | None:
@@ -62,10 +65,18 @@ class ServeState:
             self.executor = None
 
 
+def longest_token(tok: Tokenizer) -> int:
+    """The most characters one token's text can hold (part of a character decodes as one U+FFFD).
+
+    One pass over the vocabulary, once per server (a fraction of a second even for cl100k_base).
+    """
+    return max(1, max((len(tok.decode([i])) for i in range(tok.vocab_size)), default=1))
+
+
 def load_state(
     run_dir: str | Path | None, *, model: Any = None, tokenizer: Tokenizer | None = None, model_name: str | None = None,
     checkpoint: str | None = None, device: str = "cpu", api_key: str | None = None, max_tokens_cap: int = 512,
-    max_prompt_tokens: int | None = None, max_concurrency: int = 4, max_queue: int = 16,
+    max_prompt_tokens: int | None = None, max_concurrency: int = 4, max_queue: int = 16, max_body_mb: float = 8.0,
 ) -> ServeState:
     """Check the limits (one-line errors), load the run unless a model is given, name the model."""
     for key, value, low in (
@@ -74,6 +85,8 @@ def load_state(
     ):
         if not isinstance(value, int) or value < low:
             raise PsyDuckError(f"{key.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+    if isinstance(max_body_mb, bool) or not isinstance(max_body_mb, (int, float)) or not 0 < max_body_mb < 10**6:
+        raise PsyDuckError(f"max-body-mb must be a number of megabytes above 0 (e.g. 8), got {max_body_mb!r}")
     if api_key is not None and not api_key.strip():
         raise PsyDuckError("--api-key is empty; give a non-empty key or leave the option out")
     run = Path(run_dir) if run_dir is not None else None
@@ -90,5 +103,5 @@ def load_state(
     return ServeState(
         model, tokenizer, model_name or (run.resolve().name if run is not None else "psyduck"), run, api_key,
         max_tokens_cap, max_prompt_tokens or model.config.block_size, max_concurrency, max_queue,
-        PAGE.read_text(encoding="utf-8"),
+        PAGE.read_text(encoding="utf-8"), max(1, int(max_body_mb * 10**6)),
     )
