@@ -134,7 +134,10 @@ def sampling_params(state: ServeState, body: CompletionRequest) -> SamplingParam
     top_k = body.top_k if body.top_k is not None and body.top_k > 0 else None
     top_p = body.top_p if body.top_p is not None and body.top_p < 1 else None
     temperature = 1.0 if body.temperature is None else body.temperature
-    return SamplingParams(max_tokens, temperature, top_k, top_p, body.seed, stop, bool(body.ignore_eos))
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=body.seed, stop=stop,
+        ignore_eos=bool(body.ignore_eos),
+    )
 
 
 @dataclass
