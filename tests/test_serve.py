@@ -6,6 +6,7 @@ free port of 127.0.0.1) so the tests talk real HTTP without paying for a model l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -20,9 +21,15 @@ from pathlib import Path
 import openai
 import pytest
 import uvicorn
+from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.testclient import TestClient
 
+from psyduck.serve import routes
 from psyduck.serve.app import create_app
+from psyduck.serve.errors import ApiError
+from psyduck.serve.prompts import encode_prompts
+from psyduck.serve.schemas import CompletionRequest
+from psyduck.serve.state import ServeState
 from psyduck.serve.engine import TextStream
 
 RUN_NAME = "tiny-run"
@@ -242,10 +249,15 @@ BAD_REQUESTS = [
     ({"prompt": []}, 400, "prompt", None),
     ({"prompt": [[]]}, 400, "prompt", None),
     ({"prompt": [10**6]}, 400, "prompt", None),
+    ({"prompt": [1, "a"]}, 400, "prompt", None),  # the first element picks the shape; the rest must match
+    ({"prompt": ["a", 1]}, 400, "prompt", None),
+    ({"prompt": [[1], "a"]}, 400, "prompt", None),
     ({"prompt": "x", "n": 0}, 400, "n", None),
     ({"prompt": ["a"] * 9, "n": 2}, 400, "n", None),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", None),
     ({"prompt": "x", "top_k": -2}, 400, "top_k", None),
+    ({"prompt": "x", "top_k": 0}, 400, "top_k", None),  # refused, as `psyduck generate --top-k 0` is
+    ({"prompt": "the " * 100_000}, 400, "prompt", "context_length_exceeded"),  # refused before tokenizing
     ({"prompt": "x", "seed": 2**70}, 400, "seed", None),
     ({"prompt": "x", "logprobs": 2}, 400, "logprobs", "unsupported_parameter"),
     ({"prompt": "x", "max_tokens": "many"}, 400, "max_tokens", None),
@@ -301,7 +313,55 @@ def test_api_key_is_checked_as_a_bearer_token(run_dir, loaded):
         assert c.post("/v1/completions", json=body, headers=ok).status_code == 200
         assert c.get("/v1/models", headers=ok).status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # no secrets there
-        assert c.get("/api/info").json()["auth"] is True
+        assert c.get("/api/info").status_code == 401  # the model's size and the run's name are the key's
+        assert c.get("/api/info", headers=ok).json()["auth"] is True
+
+
+def test_chat_completions_says_it_is_not_there_yet(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model=RUN_NAME, messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["code"] == "unsupported_endpoint" and "/v1/completions" in e.value.body["message"]
+
+
+def test_a_huge_body_gets_413_at_once_while_health_answers(base_url):
+    """50 MB claimed and sent: refused on its Content-Length, in OpenAI's shape, within a second."""
+    body = b'{"prompt": "' + b"the " * (50 * 10**6 // 4) + b'"}'
+    raw = socket.create_connection(("127.0.0.1", int(base_url.rsplit(":", 1)[1])), timeout=5)
+    t0 = time.monotonic()
+    raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body))
+
+    def send_body() -> None:
+        with contextlib.suppress(OSError):  # the server closes the connection behind its answer
+            raw.sendall(body)
+
+    sender = threading.Thread(target=send_body, daemon=True)
+    sender.start()
+    assert get_json(base_url, "/health", timeout=1)["status"] == "ok"  # while the body is on its way
+    response = http.client.HTTPResponse(raw)
+    response.begin()
+    err = json.loads(response.read())["error"]
+    assert time.monotonic() - t0 < 1, "the 413 must come before the body is read"
+    assert response.status == 413 and response.getheader("Connection") == "close"
+    assert set(err) == {"message", "type", "param", "code"} and err["code"] == "request_too_large"
+    assert "--max-body-mb" in err["message"]
+    sender.join(10)
+    raw.close()
+    assert get_json(base_url, "/health")["status"] == "ok"
+
+
+def test_body_limit_holds_for_bodies_without_a_length(run_dir, loaded):
+    def chunks(body: bytes):  # an iterator: sent chunked, with no Content-Length
+        yield from (body[i : i + 300] for i in range(0, len(body), 300))
+
+    with TestClient(make_app(run_dir, loaded, max_body_mb=0.001)) as c:  # 1000 bytes
+        small = json.dumps({"prompt": "the", "max_tokens": 2}).encode()
+        assert c.post("/v1/completions", content=chunks(small), headers={"Content-Type": "application/json"}).status_code == 200
+        big = json.dumps({"prompt": "the " * 400, "max_tokens": 2}).encode()
+        for content in (big, chunks(big)):
+            r = c.post("/v1/completions", content=content, headers={"Content-Type": "application/json"})
+            assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert c.get("/health").status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,6 +539,137 @@ def test_playground_streams_in_a_real_browser(base_url, run_dir, tmp_path):
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
 
+def test_playground_asks_for_the_key_of_a_server_that_has_one(run_dir, loaded):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (scripts/ci_browser.sh installs it)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with serving(make_app(run_dir, loaded, api_key="sekret")) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            expect(page.locator("#key-box")).to_be_visible()
+            expect(page.locator("#hint")).to_contain_text("API key")
+            page.fill("#api-key", "sekret")
+            page.locator("#api-key").dispatch_event("change")
+            expect(page.locator("#model-name")).to_have_text(RUN_NAME)  # /api/info answered with the key
+            page.fill("#prompt", "the model")
+            page.click("#generate")
+            expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers and dependencies, called directly with a small state of their own (no app, no model)
+# ---------------------------------------------------------------------------------------------
+
+class ByteTokenizer:
+    """A stand-in tokenizer: one id per UTF-8 byte, and 256 for end-of-text."""
+
+    name, vocab_size, eot_id = "bytes", 257, 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", "replace")
+
+
+def small_state(run_dir: Path | None = None, **limits) -> ServeState:
+    return ServeState(model=None, tok=ByteTokenizer(), name="m", run_dir=run_dir, **limits)
+
+
+def test_check_model_and_check_key_refuse_in_openai_shape():
+    state = small_state(api_key="k")
+    assert routes.check_model(state, None) is None and routes.check_model(state, "m") is None
+    with pytest.raises(ApiError) as e:
+        routes.check_model(state, "gpt-4")
+    assert (e.value.status, e.value.param, e.value.code) == (404, "model", "model_not_found")
+    assert "'m'" in e.value.message
+
+    assert routes.check_key(state, HTTPAuthorizationCredentials(scheme="Bearer", credentials="k")) is None
+    for creds in (None, HTTPAuthorizationCredentials(scheme="Bearer", credentials="kk")):
+        with pytest.raises(ApiError) as e:
+            routes.check_key(state, creds)
+        assert (e.value.status, e.value.code) == (401, "invalid_api_key")
+        assert e.value.headers == {"WWW-Authenticate": "Bearer"}
+    assert routes.check_key(small_state(), None) is None  # no --api-key: nothing to check
+
+
+def test_sampling_params_fill_defaults_and_apply_the_cap():
+    state = small_state(max_tokens_cap=8)
+
+    def fields(**body):
+        p = routes.sampling_params(state, CompletionRequest(prompt="x", **body))
+        return p.max_tokens, p.temperature, p.top_k, p.top_p, p.seed, p.stop, p.ignore_eos
+
+    assert fields() == (8, 1.0, None, None, None, (), False)  # default 16, but the cap is lower
+    assert fields(max_tokens=3, temperature=0, top_k=5, top_p=0.5, seed=4, stop="\n", ignore_eos=True) == (
+        3, 0.0, 5, 0.5, 4, ("\n",), True)
+    assert fields(top_k=-1, top_p=1.0, temperature=None, stop=["a", "b"])[1:4] == (1.0, None, None)
+    assert fields(stop=["a", "b"])[5] == ("a", "b")
+    with pytest.raises(ApiError) as e:
+        fields(max_tokens=9)
+    assert (e.value.status, e.value.param, e.value.code) == (400, "max_tokens", "max_tokens_too_large")
+
+
+def test_encode_prompts_shapes_and_limits():
+    state = small_state(max_prompt_tokens=4)
+    assert encode_prompts(state, "ab") == [[97, 98]]
+    assert encode_prompts(state, "") == [[256]]  # an empty prompt starts a new document
+    assert encode_prompts(state, [1, 2]) == [[1, 2]]
+    assert encode_prompts(state, [[1], [2, 3]]) == [[1], [2, 3]]
+    assert encode_prompts(state, ["a", "b"]) == [[97], [98]]
+    for prompt, code in (("abcde", "context_length_exceeded"), ([[1], [257]], None), ([], None)):
+        with pytest.raises(ApiError) as e:
+            encode_prompts(state, prompt)
+        assert (e.value.status, e.value.param, e.value.code) == (400, "prompt", code)
+
+
+def test_a_prompt_too_long_for_any_tokenization_is_refused_untokenized(loaded):
+    class Counting(ByteTokenizer):
+        encoded: list[int] = []
+
+        def encode(self, text: str) -> list[int]:
+            self.encoded.append(len(text))
+            return super().encode(text)
+
+    state = ServeState(model=None, tok=Counting(), name="m", max_prompt_tokens=4)
+    assert state.token_chars == 1  # one byte per token: at most one character
+    with pytest.raises(ApiError) as e:
+        encode_prompts(state, ["abc", "x" * 10**6])
+    assert e.value.code == "context_length_exceeded" and "at least 1000000 tokens" in e.value.message
+    assert Counting.encoded == [3], "only the prompt that may fit is tokenized"
+
+    _, tok = loaded  # the bound is sound for a real BPE: no text needs fewer tokens than it says
+    longest = ServeState(model=None, tok=tok, name="m").token_chars
+    text = " ".join(WORDS) + " " * 50 + "東京" * 20
+    assert longest > 1 and len(tok.encode(text)) >= len(text) / longest
+
+
+def test_run_metrics_and_health_read_the_state_they_are_given(tmp_path):
+    run = tmp_path / "r1"
+    run.mkdir()
+    state = small_state(run, max_concurrency=2, max_queue=3)
+    assert routes.run_metrics("r1", state).rows == []
+    (run / "metrics.jsonl").write_text('{"step": 0, "val_loss": 5.0}\n[1, 2]\n{"step": 5, "val_loss": NaN}\n{"st')
+    got = routes.run_metrics("r1", state)
+    assert got.run == "r1" and got.rows == [{"step": 0, "val_loss": 5.0}, {"step": 5, "val_loss": None}]
+    assert got.updated == (run / "metrics.jsonl").stat().st_mtime
+    for name, where in (("r2", state), ("r1", small_state(None))):
+        with pytest.raises(ApiError) as e:
+            routes.run_metrics(name, where)
+        assert (e.value.status, e.value.code) == (404, "run_not_found")
+
+    health = asyncio.run(routes.health(state))
+    assert (health.model, health.active, health.queued) == ("m", 0, 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces: text streaming and the CLI
 # ---------------------------------------------------------------------------------------------
@@ -515,3 +706,6 @@ def test_cli_serve_is_registered_and_fails_in_one_line(run_dir, capsys):
     assert "cannot listen" in err and err.count("\n") == 1
     assert main(["serve", str(run_dir), "--max-concurrency", "0"]) == 2
     assert "max-concurrency" in capsys.readouterr().err
+    assert main(["serve", str(run_dir), "--max-body-mb", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "max-body-mb" in err and err.count("\n") == 1

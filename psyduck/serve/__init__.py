@@ -3,9 +3,12 @@
     psyduck serve runs/demo                 # http://127.0.0.1:8000/ and /v1
     from psyduck.serve import create_app    # the same app, in-process (tests, other servers)
 
-engine.py talks to the model (text streaming, stop strings, admission control), app.py speaks HTTP,
-command.py is the CLI, static/index.html the page. FastAPI and uvicorn are imported only when a
-server is built, so `psyduck` works without them (`pip install 'psyduck[serve]'` adds them).
+engine.py talks to the model (text streaming, stop strings, admission control); the HTTP side is
+app.py (`create_app`, the wiring), state.py (what the handlers share), routes.py (the handlers),
+schemas.py (the bodies), errors.py (OpenAI's error shape), openapi.py (the schema), limits.py (the
+body-size limit) and prompts.py (prompts to ids, within the limits); command.py is the CLI,
+static/index.html the page. FastAPI and uvicorn are imported only when a server is
+built, so `psyduck` works without them (`pip install 'psyduck[serve]'` adds them).
 """
 
 from __future__ import annotations

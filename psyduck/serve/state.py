@@ -1,0 +1,107 @@
+"""`ServeState`: everything the request handlers share, built once per app and kept in `app.state`.
+
+Handlers receive it through the `get_state` dependency (routes.py) rather than as closure
+variables, so a test can call a handler with a small `ServeState` of its own and no app at all.
+`load_state` turns `create_app`'s arguments into one: it checks the limits and loads the run.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psyduck.errors import PsyDuckError
+from psyduck.serve.engine import Slots
+from psyduck.tokenizer import Tokenizer
+
+PAGE = Path(__file__).with_name("static") / "index.html"  # the playground and loss curves, one page
+
+
+@dataclass(eq=False)
+class ServeState:
+    """The served model and this server's limits, plus what is in flight (slots, cancel flags)."""
+
+    model: Any  # a GPT in eval mode (Any: a test may pass a stand-in that never generates)
+    tok: Tokenizer
+    name: str  # the model id clients send
+    run_dir: Path | None = None  # where /api/runs/NAME/metrics reads from
+    api_key: str | None = None
+    max_tokens_cap: int = 512
+    max_prompt_tokens: int = 1024
+    max_concurrency: int = 4
+    max_queue: int = 16
+    page: str = ""  # the HTML of PAGE
+    max_body_bytes: int = 8 * 10**6  # larger request bodies are refused before they are read (limits.py)
+    slots: Slots = field(init=False)
+    cancels: set[threading.Event] = field(init=False, default_factory=set)  # of generations in flight
+    created: int = field(init=False, default_factory=lambda: int(time.time()))
+    executor: ThreadPoolExecutor | None = field(init=False, default=None)  # made on first use
+    token_chars: int = field(init=False)  # the most characters one token stands for (prompts.py)
+
+    def __post_init__(self) -> None:
+        self.slots = Slots(self.max_concurrency, self.max_queue)
+        self.token_chars = longest_token(self.tok)
+
+    @property
+    def run_name(self) -> str | None:
+        return self.run_dir.name if self.run_dir is not None else None
+
+    def workers(self) -> ThreadPoolExecutor:
+        """The generation threads: one per slot, started on the first request."""
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(self.slots.concurrency, thread_name_prefix="psyduck-generate")
+        return self.executor
+
+    def close(self) -> None:
+        """Stop every generation at its next token and let the worker threads go (at shutdown)."""
+        for cancel in list(self.cancels):
+            cancel.set()
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = None
+
+
+def longest_token(tok: Tokenizer) -> int:
+    """The most characters one token's text can hold (part of a character decodes as one U+FFFD).
+
+    One pass over the vocabulary, once per server (a fraction of a second even for cl100k_base).
+    """
+    return max(1, max((len(tok.decode([i])) for i in range(tok.vocab_size)), default=1))
+
+
+def load_state(
+    run_dir: str | Path | None, *, model: Any = None, tokenizer: Tokenizer | None = None, model_name: str | None = None,
+    checkpoint: str | None = None, device: str = "cpu", api_key: str | None = None, max_tokens_cap: int = 512,
+    max_prompt_tokens: int | None = None, max_concurrency: int = 4, max_queue: int = 16, max_body_mb: float = 8.0,
+) -> ServeState:
+    """Check the limits (one-line errors), load the run unless a model is given, name the model."""
+    for key, value, low in (
+        ("max_tokens_cap", max_tokens_cap, 1), ("max_concurrency", max_concurrency, 1), ("max_queue", max_queue, 0),
+        ("max_prompt_tokens", 1 if max_prompt_tokens is None else max_prompt_tokens, 1),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise PsyDuckError(f"{key.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+    if isinstance(max_body_mb, bool) or not isinstance(max_body_mb, (int, float)) or not 0 < max_body_mb < 10**6:
+        raise PsyDuckError(f"max-body-mb must be a number of megabytes above 0 (e.g. 8), got {max_body_mb!r}")
+    if api_key is not None and not api_key.strip():
+        raise PsyDuckError("--api-key is empty; give a non-empty key or leave the option out")
+    run = Path(run_dir) if run_dir is not None else None
+    if model is None:
+        if run is None:
+            raise PsyDuckError("create_app needs a run folder or a model and tokenizer")
+        from psyduck.checkpoint import load_run
+
+        model, tokenizer = load_run(run, device=device, checkpoint=checkpoint)
+    elif tokenizer is None:
+        raise PsyDuckError("create_app was given a model without its tokenizer")
+    assert tokenizer is not None
+    model.eval()
+    return ServeState(
+        model, tokenizer, model_name or (run.resolve().name if run is not None else "psyduck"), run, api_key,
+        max_tokens_cap, max_prompt_tokens or model.config.block_size, max_concurrency, max_queue,
+        PAGE.read_text(encoding="utf-8"), max(1, int(max_body_mb * 10**6)),
+    )
