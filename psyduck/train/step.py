@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,3 +133,21 @@ def clip_gradients(setup: StepSetup) -> bool:
     setup.scaler.unscale_(setup.optimizer)
     norm = torch.nn.utils.clip_grad_norm_(setup.model.parameters(), setup.train.grad_clip)
     return math.isfinite(float(norm)) or setup.scaler.is_enabled()
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A GPU's out-of-memory error (torch.OutOfMemoryError; torch.cuda's name also works on torch 2.4),
+    or a CPU allocation that failed."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+def out_of_memory_advice(t: TrainConfig, device: torch.device, tokens_per_step: int, last: Path | None) -> str:
+    """What to change when a step does not fit: half the micro-batch, twice the accumulation (the
+    same step, in smaller pieces), or, at one row, a smaller model."""
+    if t.batch_size > 1:
+        fix = (f"train.batch_size={t.batch_size // 2} train.grad_accum={t.grad_accum * 2} "
+               f"(the same {tokens_per_step:,} tokens per step)")
+    else:
+        fix = "a smaller model (model.d_model, model.n_layer) or context (model.block_size)"
+    where = f"; last checkpoint: {last}" if last is not None else ""
+    return f"out of memory on {device} at train.batch_size={t.batch_size}; try {fix}{where}"

@@ -38,7 +38,7 @@ from psyduck.model import GPT
 from psyduck.tokenizer import Tokenizer, load_tokenizer
 from psyduck.train.distributed import Distributed
 from psyduck.train.state import load_training_checkpoint, save_training_checkpoint
-from psyduck.train.step import StepSetup, lr_at, make_optimizer, train_step
+from psyduck.train.step import StepSetup, is_out_of_memory, lr_at, make_optimizer, out_of_memory_advice, train_step
 from psyduck.train.telemetry import ProgressBar, RunLog, Speedometer, Window
 
 SAMPLE_PROMPT = "The"
@@ -281,7 +281,9 @@ class Trainer:
         except RuntimeError as e:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(e):
                 raise
-            raise PsyDuckError(self.out_of_memory_advice()) from None
+            ckpts = list_checkpoints(self.out)
+            advice = out_of_memory_advice(self.cfg.train, self.device, self.tokens_per_step, ckpts[-1] if ckpts else None)
+            raise PsyDuckError(advice) from None
         finally:
             bar.close()
             self.run_log.close(draw=self.dist.main)
@@ -339,17 +341,6 @@ class Trainer:
             self.save("interval", last_row.get("val_loss") if due_eval else None)
         return last_row
 
-    def out_of_memory_advice(self) -> str:
-        t = self.cfg.train
-        if t.batch_size > 1:
-            fix = (f"train.batch_size={t.batch_size // 2} train.grad_accum={t.grad_accum * 2} "
-                   f"(the same {self.tokens_per_step:,} tokens per step)")
-        else:
-            fix = "a smaller model (model.d_model, model.n_layer) or context (model.block_size)"
-        ckpts = list_checkpoints(self.out)
-        last = f"; last checkpoint: {ckpts[-1]}" if ckpts else ""
-        return f"out of memory on {self.device} at train.batch_size={t.batch_size}; try {fix}{last}"
-
     def _stop_requested(self) -> bool:
         """Whether to stop now: a signal here, or on any other rank (every rank stops at the same step)."""
         flag = self.dist.any(self.stop_signal is not None, self.device)
@@ -378,12 +369,6 @@ class Trainer:
             f"loss became {value} at step {self.step + 1}; last good checkpoint: {last}; "
             f"lower --lr or resume with on_nan=skip"
         )
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """A GPU's out-of-memory error (torch.OutOfMemoryError; torch.cuda's name also works on torch 2.4),
-    or a CPU allocation that failed."""
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 def train(
