@@ -80,6 +80,7 @@ class StepSetup:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate for this step, in every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
 

@@ -152,6 +152,7 @@ class ExternalLoggers:
 
     @classmethod
     def create(cls, cfg: Config, out: Path) -> "ExternalLoggers":
+        """Open the loggers `cfg.train.loggers` names (TensorBoard writes into `out`/tensorboard)."""
         names = [n.strip() for n in cfg.train.loggers.split(",") if n.strip()]
         sinks: list[tuple[str, Any]] = []
         for name in names:
@@ -240,6 +241,7 @@ class BackgroundPlotter:
         self.stale = False  # an update was skipped while a drawing was in progress
 
     def update(self, metrics_path: str | Path, out_png: str | Path, title: str = "") -> None:
+        """Start a redraw, unless one is still running (then it is drawn later: `stale`)."""
         if self.pending is not None and not self.pending.done():
             self.stale = True  # drawn at the next update, or at close
             return

@@ -148,6 +148,7 @@ class Trainer:
     # -- helpers ------------------------------------------------------------------------------
 
     def log(self, msg: str) -> None:
+        """A line for the person running it (rank 0 only: N processes would print it N times)."""
         if self.dist.main:
             self.log_fn(msg)
 
@@ -179,6 +180,7 @@ class Trainer:
         return out
 
     def sample(self) -> str:
+        """A short continuation of SAMPLE_PROMPT, seeded, so samples.txt shows the same draw improving."""
         ids = self.tokenizer.encode(SAMPLE_PROMPT)
         x = torch.tensor([ids], device=self.device)
         out = self.model.generate(
@@ -207,6 +209,7 @@ class Trainer:
         return path
 
     def restore(self, ckpt: Path) -> None:
+        """Continue from `ckpt`: weights, optimizer, counters, random states; later metric rows dropped."""
         state = load_training_checkpoint(ckpt, self.model, self.optimizer, self.batch_gen, self.device)
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
@@ -216,6 +219,7 @@ class Trainer:
         self.log(f"resuming from {ckpt} (step {self.step})")
 
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        """Raise the stop flag: the loop saves after the current step (a second signal stops at once)."""
         if self.stop_signal is not None:  # a second Ctrl-C: stop now, without saving
             raise KeyboardInterrupt
         self.stop_signal = signal.Signals(signum).name
@@ -359,6 +363,7 @@ class Trainer:
         return value
 
     def on_blowup(self, value: float) -> None:
+        """A non-finite loss: skip the step (`on_nan=skip`) or stop, naming the last good checkpoint."""
         ckpts = list_checkpoints(self.out)
         last = str(ckpts[-1]) if ckpts else "none yet"
         if self.cfg.train.on_nan == "skip":
