@@ -132,6 +132,39 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
     assert any(not torch.equal(pa, pa0) for (_, pa), _, pa0 in pairs)  # the step did move the weights
 
 
+def test_train_step_takes_one_step_and_never_applies_a_non_finite_loss():
+    """The step function the trainer and the throughput benchmark share, without a Trainer around it."""
+    from psyduck.config import get_preset
+    from psyduck.train import StepSetup, make_optimizer, train_step
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    opt = make_optimizer(model, cfg.train, torch.device("cpu"))
+    setup = StepSetup(net=model, model=model, optimizer=opt, train=cfg.train)
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.block_size), generator=g) for _ in "xy")
+    start = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(setup, x, y, lr=1e-3)
+    assert loss == pytest.approx(math.log(cfg.model.vocab_size), abs=0.3)  # an untrained model: about uniform
+    assert [group["lr"] for group in opt.param_groups] == [1e-3, 1e-3]
+    assert all(not torch.equal(a, b) for a, b in zip(start, model.parameters(), strict=True))  # every weight moved
+    assert all(p.grad is None for p in model.parameters())  # and the gradients were cleared
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, x, y, return_logits=True):  # noqa: ANN001, ANN202
+            logits, loss = model(x, y, return_logits=return_logits)
+            return logits, loss * float("nan")
+
+    setup.net = NaNLoss()
+    after_one = [p.detach().clone() for p in model.parameters()]
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    assert math.isnan(train_step(setup, x, y, lr=1e-3))
+    assert all(torch.equal(a, b) for a, b in zip(after_one, model.parameters(), strict=True))
+    assert all(torch.equal(m, opt.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_cfg, tmp_path):
     run = tmp_path / "run"
     trainer = Trainer(tiny_cfg.replace({"max_iters": 30}), run, progress=False)
