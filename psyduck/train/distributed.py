@@ -79,7 +79,7 @@ class Distributed:
         if not nccl:
             value /= self.world_size
 
-    def any(self, flag: bool, device: torch.device) -> bool:
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
         """True on every process when `flag` is true on one of them (all stop at the same step)."""
         if not self.enabled:
             return flag

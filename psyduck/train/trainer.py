@@ -347,7 +347,7 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Whether to stop now: a signal here, or on any other rank (every rank stops at the same step)."""
-        flag = self.dist.any(self.stop_signal is not None, self.device)
+        flag = self.dist.any_rank(self.stop_signal is not None, self.device)
         if flag and self.stop_signal is None:
             self.stop_signal = "peer signal"
         return flag
