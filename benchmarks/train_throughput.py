@@ -11,10 +11,10 @@
 
 For each preset, both sides are built at the preset's shape (vocab, context, width, depth, heads,
 dropout, batch): the baseline is benchmarks/baselines/seed_gpt.py with the seed's plain AdamW;
-PsyDuck is `psyduck.model.GPT` with the preset's architecture, `train.make_optimizer` (fused AdamW)
-and the training call `model(x, y, return_logits=...)` with the loss `train.loss=auto` picks (fused
-linear cross-entropy on CPUs, compiled full logits on GPUs: psyduck.losses.use_fused_loss), stepped the
-way `Trainer.train_step` steps (lr schedule, gradient clipping when the preset asks for it).
+PsyDuck is `psyduck.model.GPT` with the preset's architecture, `psyduck.train.make_optimizer` (fused
+AdamW) and the loss `train.loss=auto` picks (fused linear cross-entropy on CPUs, compiled full logits
+on GPUs: psyduck.losses.use_fused_loss), stepped by the trainer's own `psyduck.train.train_step`
+(lr schedule, gradient clipping when the preset asks for it, the NaN guard), one micro-batch a step.
 
 Method:
 - timing: after warm-up steps (which also allocate AdamW's state), single steps alternate
@@ -64,7 +64,7 @@ from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
 from psyduck.losses import use_fused_loss  # noqa: E402
 from psyduck.model import GPT, Dropout, MultiHeadAttention  # noqa: E402
-from psyduck.train import lr_at, make_optimizer  # noqa: E402
+from psyduck.train import StepSetup, lr_at, make_optimizer, train_step  # noqa: E402
 
 
 def preset_config(name: str, batch_size: int | None = None, vocab_size: int | None = None):  # noqa: ANN201
@@ -135,35 +135,21 @@ def psyduck_side(cfg, device, dtype, mode: str | None, *, loss: str = "auto", de
                     setattr(m, child_name, torch.nn.Dropout(child.p))
     if frozen_embedding:
         model.tok_emb.weight.requires_grad_(False)
-    if default_adamw:
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            [{"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
-             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-            lr=t.lr, betas=(t.beta1, t.beta2),
-        )
-    else:
-        opt = make_optimizer(model, t, device)
-    net = torch.compile(model, mode=mode) if mode else model
-    ac = hardware.autocast(device, dtype)
+    opt = make_optimizer(model, t, device, fused=not default_adamw)
+    setup = StepSetup(
+        net=torch.compile(model, mode=mode) if mode else model, model=model, optimizer=opt, train=t,
+        autocast=hardware.autocast(device, dtype),
+        full_logits=not use_fused_loss(loss, device),  # as the Trainer decides (train.loss)
+    )
     attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-    full_logits = not use_fused_loss(loss, device)  # as the Trainer decides (train.loss)
 
     def step(side: Side, x, y) -> float:  # noqa: ANN001
         for m in attn:
             m.teaching = teaching or model.config.attention == "teaching"
-        for group in opt.param_groups:
-            group["lr"] = lr_at(side.steps, t)
-        with ac:
-            _, value = net(x, y, return_logits=full_logits)
-        value.backward()
-        if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        value = train_step(setup, x, y, lr_at(side.steps, t))
         for m in attn:
             m.teaching = model.config.attention == "teaching"
-        return value.item()
+        return value
 
     return Side("psyduck", model, opt, step)
 

@@ -34,7 +34,10 @@ __all__ = ["Config", "DataConfig", "ModelConfig", "TrainConfig", "PsyDuckError",
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        module = importlib.import_module(_LAZY[name])
+        # `train` is the package psyduck.train itself (callable as its `train` function): importing it
+        # binds that package here, whichever way it was first imported, so we hand out the same object
+        value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'psyduck' has no attribute {name!r}")

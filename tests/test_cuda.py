@@ -51,7 +51,9 @@ def test_fp32_cuda_training_matches_cpu_training(tiny_cfg, tmp_path):
     over = {"max_iters": 10, "eval_interval": 5, "dtype": "float32"}
     train(tiny_cfg.replace({**over, "device": "cpu"}), tmp_path / "cpu", progress=False)
     train(tiny_cfg.replace({**over, "device": "cuda"}), tmp_path / "gpu", progress=False)
-    for a, b in zip(metrics(tmp_path / "cpu"), metrics(tmp_path / "gpu")):
+    cpu, gpu = metrics(tmp_path / "cpu"), metrics(tmp_path / "gpu")
+    assert [r["step"] for r in cpu] == [r["step"] for r in gpu] == [0, 5, 10]
+    for a, b in zip(cpu, gpu, strict=True):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
 
 
@@ -59,10 +61,19 @@ def test_compiled_training_matches_eager(tiny_cfg, tmp_path):
     over = {"max_iters": 10, "eval_interval": 5, "dtype": "bfloat16"}
     train(cuda_cfg(tiny_cfg, **over), tmp_path / "eager", progress=False)
     train(cuda_cfg(tiny_cfg, **over, compile=True), tmp_path / "compiled", progress=False)
-    for a, b in zip(metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")):
+    eager, compiled = metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")
+    assert [r["step"] for r in eager] == [r["step"] for r in compiled] == [0, 5, 10]
+    for a, b in zip(eager, compiled, strict=True):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=2e-2)
-    model, _ = load_run(tmp_path / "compiled")  # no `_orig_mod.` prefixes in the checkpoint
-    assert model.num_params() > 0
+    from safetensors import safe_open
+
+    from psyduck.checkpoint import list_checkpoints
+
+    with safe_open(str(list_checkpoints(tmp_path / "compiled")[-1] / "model.safetensors"), "pt") as f:
+        assert f.keys() and not any(k.startswith("_orig_mod.") for k in f.keys())  # saved as the bare model
+    model, _ = load_run(tmp_path / "compiled")
+    fresh = GPT(model.config)  # what was loaded is the trained weights, not an initialisation
+    assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True))
 
 
 def test_flash_attention_kernel_runs_our_attention_and_matches_the_teaching_heads():

@@ -162,7 +162,7 @@ def test_two_gloo_processes_match_one_process_with_double_accumulation(tiny_data
     assert "2 process(es)" in ddp.stderr
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 6, 12]
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
 

@@ -87,6 +87,21 @@ def test_starting_over_an_existing_run_is_refused(tiny_cfg, tmp_path):
     assert str(e.value) == f"{run} already holds a run; pass --resume to continue it or choose another --out"
 
 
+def test_training_leaves_the_callers_config_and_the_presets_as_they_were(tiny_cfg, tmp_path, monkeypatch):
+    """The trainer fills in the vocabulary and tokenizer from the data on its own copy of the config."""
+    import psyduck
+    from psyduck.config import presets
+
+    cfg = tiny_cfg.replace({"max_iters": 2, "model.vocab_size": 300, "data.tokenizer": "bpe-300", "sample_tokens": 0})
+    monkeypatch.setitem(presets, "tiny", cfg)
+    before = cfg.to_dict()
+    result = psyduck.train(presets["tiny"], tmp_path / "run", progress=False)  # the package, called as `train`
+    assert result["step"] == 2 and psyduck.train.train is train
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["model"]["vocab_size"], saved["data"]["tokenizer"]) == (512, "bpe-512")
+    assert presets["tiny"] is cfg and cfg.to_dict() == before
+
+
 def test_learning_rate_schedules():
     t = TrainConfig(lr=1.0, min_lr=0.1, schedule="cosine", warmup_iters=10, max_iters=110)
     assert lr_at(0, t) == pytest.approx(0.1)
@@ -107,10 +122,47 @@ def test_gradient_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
     """grad_accum=2 with batch 4 takes the same step as batch 8 (the same 8 windows)."""
     a = Trainer(tiny_cfg.replace({"batch_size": 8, "grad_accum": 1, "max_iters": 1}), tmp_path / "a", progress=False)
     b = Trainer(tiny_cfg.replace({"batch_size": 4, "grad_accum": 2, "max_iters": 1}), tmp_path / "b", progress=False)
+    before = [p.detach().clone() for p in a.model.parameters()]
     la, lb = a.train_step(), b.train_step()
     assert la == pytest.approx(lb, rel=1e-5)
-    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+    pairs = list(zip(a.model.named_parameters(), b.model.named_parameters(), before, strict=True))
+    for (name_a, pa), (name_b, pb), pa0 in pairs:
+        assert name_a == name_b
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-4)
+    assert any(not torch.equal(pa, pa0) for (_, pa), _, pa0 in pairs)  # the step did move the weights
+
+
+def test_train_step_takes_one_step_and_never_applies_a_non_finite_loss():
+    """The step function the trainer and the throughput benchmark share, without a Trainer around it."""
+    from psyduck.config import get_preset
+    from psyduck.train import StepSetup, make_optimizer, train_step
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    opt = make_optimizer(model, cfg.train, torch.device("cpu"))
+    setup = StepSetup(net=model, model=model, optimizer=opt, train=cfg.train)
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, cfg.model.vocab_size, (cfg.train.batch_size, cfg.model.block_size), generator=g) for _ in "xy")
+    start = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(setup, x, y, lr=1e-3)
+    assert loss == pytest.approx(math.log(cfg.model.vocab_size), abs=0.3)  # an untrained model: about uniform
+    assert [group["lr"] for group in opt.param_groups] == [1e-3, 1e-3]
+    assert all(not torch.equal(a, b) for a, b in zip(start, model.parameters(), strict=True))  # every weight moved
+    assert all(p.grad is None for p in model.parameters())  # and the gradients were cleared
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, x, y, return_logits=True):  # noqa: ANN001, ANN202
+            logits, loss = model(x, y, return_logits=return_logits)
+            return logits, loss * float("nan")
+
+    setup.net = NaNLoss()
+    after_one = [p.detach().clone() for p in model.parameters()]
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    assert math.isnan(train_step(setup, x, y, lr=1e-3))
+    assert all(torch.equal(a, b) for a, b in zip(after_one, model.parameters(), strict=True))
+    assert all(torch.equal(m, opt.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tiny_cfg, tmp_path):
@@ -172,7 +224,7 @@ def test_nan_loss_is_skipped_when_asked(tiny_cfg, tmp_path):
 
 def poison_at(trainer: Trainer, step: int) -> None:
     """Make the loss NaN at one optimizer step (as a blow-up would)."""
-    net = trainer.net
+    net = trainer.step_setup.net
 
     class Poisoned(torch.nn.Module):
         def __init__(self):
@@ -183,7 +235,7 @@ def poison_at(trainer: Trainer, step: int) -> None:
             logits, loss = self.inner(x, y, return_logits=return_logits)
             return logits, loss * float("nan") if trainer.step == step else loss
 
-    trainer.net = Poisoned()
+    trainer.step_setup.net = Poisoned()
 
 
 def test_checkpoint_of_compiled_model_loads_uncompiled(tiny_cfg, tmp_path):

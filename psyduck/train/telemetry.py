@@ -1,0 +1,257 @@
+"""What a run tells the person watching it: speed, metric rows, loss curves, the progress bar.
+
+- speed: tokens per second over the steps since the last evaluation, and MFU (model FLOPs
+  utilisation: tokens/s x training FLOPs per token / the device's peak FLOP/s);
+- metrics.jsonl: one JSON line per evaluation, also sent to TensorBoard and/or W&B when
+  `train.loggers` names them (imported only then);
+- loss_curve.png: train and val loss against steps and against tokens seen (the axis that compares
+  runs with different batch sizes fairly), redrawn in a worker thread so training does not wait;
+- the tqdm bar with loss, tokens/s and MFU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psyduck import hardware
+from psyduck.config import Config
+from psyduck.errors import PsyDuckError
+
+# ---------------------------------------------------------------------------------------------
+# Speed
+# ---------------------------------------------------------------------------------------------
+
+
+class Speedometer:
+    """MFU for a model on a device: tokens/s x FLOPs per token / peak FLOP/s of all processes."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, dtype: torch.dtype, processes: int) -> None:
+        self.device, self.dtype, self.processes = device, dtype, processes
+        self.flops_per_token = hardware.flops_per_token(model)
+        self.peak = hardware.peak_flops(device, dtype) * processes
+        self.rechecked = False
+
+    def mfu(self, tokens_per_s: float) -> float:
+        return tokens_per_s * self.flops_per_token / self.peak
+
+    def recheck_peak(self, elapsed: float) -> None:
+        """A CPU's peak is measured, and the cold start of a run reads it low: once the run has been
+        going for 30 s, measure once more, warm, and keep the higher figure."""
+        if self.device.type == "cpu" and elapsed > 30 and not self.rechecked:
+            self.peak = max(self.peak, hardware.peak_flops(self.device, self.dtype) * self.processes)
+            self.rechecked = True
+
+
+class Window:
+    """The training steps since the last evaluation: their mean loss and tokens per second."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.losses: list[float] = []
+        self.tokens = 0
+        self.start = time.perf_counter()
+
+    def add(self, loss: float, tokens: int) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+
+    def mean_loss(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+    def tokens_per_s(self, now: float) -> float:
+        return self.tokens / max(now - self.start, 1e-9)
+
+
+class ProgressBar:
+    """tqdm's bar over optimizer steps (nothing at all when disabled, e.g. on ranks other than 0)."""
+
+    def __init__(self, enabled: bool, total: int, initial: int) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+
+    def step(self, loss: float, tokens_per_s: float, mfu: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.0f}%")
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics.jsonl and the loggers it feeds
+# ---------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """A run's record of its evaluations: metrics.jsonl, the loss curve, and any external loggers."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.metrics = out / "metrics.jsonl"
+        self.png = out / "loss_curve.png"
+        self.loggers = ExternalLoggers([])
+        self.plotter = BackgroundPlotter()
+
+    def open_loggers(self, cfg: Config) -> None:
+        self.loggers = ExternalLoggers.create(cfg, self.out)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one evaluation row, forward it to the loggers, and redraw the loss curve."""
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        self.loggers.log(row, row["step"])
+        self.plotter.update(self.metrics, self.png, title=self.out.name)
+
+    def forget_after(self, step: int) -> None:
+        """On resume: rows written after the checkpoint belong to a future that did not happen."""
+        if not self.metrics.exists():
+            return
+        lines = self.metrics.read_text(encoding="utf-8").splitlines()
+        keep = [line for line in lines if _line_step(line) <= step]
+        tmp = self.metrics.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, self.metrics)
+
+    def close(self, draw: bool = True) -> None:
+        """Finish the last drawing (with `draw`, once more if an update was skipped) and close the loggers."""
+        if draw and self.metrics.exists():
+            self.plotter.close(self.metrics, self.png, title=self.out.name)
+        self.loggers.close()
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, ValueError):
+        return 1 << 62  # a torn line is dropped
+
+
+class ExternalLoggers:
+    """Forward metric rows to TensorBoard and/or W&B when `train.loggers` names them."""
+
+    def __init__(self, sinks: list[tuple[str, Any]]) -> None:
+        self.sinks = sinks
+
+    @classmethod
+    def create(cls, cfg: Config, out: Path) -> "ExternalLoggers":
+        """Open the loggers `cfg.train.loggers` names (TensorBoard writes into `out`/tensorboard)."""
+        names = [n.strip() for n in cfg.train.loggers.split(",") if n.strip()]
+        sinks: list[tuple[str, Any]] = []
+        for name in names:
+            if name == "tensorboard":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    raise PsyDuckError("tensorboard logging asked for but not installed; pip install tensorboard") from None
+                sinks.append(("tensorboard", SummaryWriter(log_dir=str(out / "tensorboard"))))
+            elif name == "wandb":
+                try:
+                    import wandb
+                except ImportError:
+                    raise PsyDuckError("wandb logging asked for but not installed; pip install wandb") from None
+                sinks.append(("wandb", wandb.init(project="psyduck", name=out.name, config=cfg.to_dict())))
+            else:
+                raise PsyDuckError(f"unknown logger {name!r} in train.loggers; use tensorboard and/or wandb")
+        return cls(sinks)
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        for kind, sink in self.sinks:
+            scalars = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+            if kind == "tensorboard":
+                for k, v in scalars.items():
+                    sink.add_scalar(k, v, step)
+            else:
+                sink.log(scalars, step=step)
+
+    def close(self) -> None:
+        for kind, sink in self.sinks:
+            sink.close() if kind == "tensorboard" else sink.finish()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss curves: the picture of a training run (the seed's `lcurve.png`)
+# ---------------------------------------------------------------------------------------------
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The evaluation records of a metrics.jsonl file (lines that are not complete JSON are skipped)."""
+    rows: list[dict[str, Any]] = []
+    p = Path(path)
+    if not p.is_file():
+        return rows
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written while we read
+    return rows
+
+
+def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
+    """Draw train/val loss from metrics.jsonl into a PNG, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # no pyplot: no global state, safe in a worker thread
+
+    rows = [r for r in read_metrics(metrics_path) if "val_loss" in r]
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2)
+    for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
+        for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "val", "-s")):
+            pts = [(r[xkey], r[key]) for r in rows if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), style, markersize=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cross-entropy loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    out = Path(out_png)
+    tmp = out.with_name(f".{out.stem}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, out)
+    return out
+
+
+class BackgroundPlotter:
+    """Redraws a loss curve in a worker thread, so training does not wait for matplotlib."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plot")
+        self.pending: Future[Path] | None = None
+        self.stale = False  # an update was skipped while a drawing was in progress
+
+    def update(self, metrics_path: str | Path, out_png: str | Path, title: str = "") -> None:
+        """Start a redraw, unless one is still running (then it is drawn later: `stale`)."""
+        if self.pending is not None and not self.pending.done():
+            self.stale = True  # drawn at the next update, or at close
+            return
+        self.stale = False
+        self.pending = self.pool.submit(plot_loss_curve, metrics_path, out_png, title)
+
+    def close(self, metrics_path: str | Path | None = None, out_png: str | Path | None = None, title: str = "") -> None:
+        """Wait for drawing to finish, then draw once more if the last update was skipped."""
+        if self.pending is not None:
+            self.pending.result()
+        if self.stale and metrics_path is not None and out_png is not None:
+            plot_loss_curve(metrics_path, out_png, title)
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,400 @@
+"""The training loop: when to step, evaluate, save, sample and stop.
+
+Every `eval_interval` steps: mean train and val loss over `eval_iters` batches, a line in
+metrics.jsonl, the loss-curve PNG, a text sample, and a checkpoint (or every `checkpoint_interval`
+steps, when that is set). The pieces live next door: the step itself in step.py, the random states
+a checkpoint holds in state.py, several processes in distributed.py, speed and records in
+telemetry.py.
+
+What makes it dependable:
+- exact resume: a resumed run takes bit-for-bit the same steps as one that never stopped (state.py);
+- atomic, bounded checkpoints (see checkpoint.py): the last K and the best by val loss;
+- a NaN or inf loss stops the run naming the step and the last good checkpoint (or skips the step
+  with `on_nan=skip`); weights with NaN are never saved;
+- Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that resumes;
+- the caller's `Config` is never changed: the trainer works on its own copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable
+
+import torch
+
+from psyduck import hardware
+from psyduck.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_run_config, write_json_atomic
+from psyduck.config import Config
+from psyduck.data.loader import TokenData
+from psyduck.errors import PsyDuckError
+from psyduck.losses import use_fused_loss
+from psyduck.model import GPT
+from psyduck.tokenizer import Tokenizer, load_tokenizer
+from psyduck.train.distributed import Distributed
+from psyduck.train.state import load_training_checkpoint, save_training_checkpoint
+from psyduck.train.step import StepSetup, is_out_of_memory, lr_at, make_optimizer, out_of_memory_advice, train_step
+from psyduck.train.telemetry import ProgressBar, RunLog, Speedometer, Window
+
+SAMPLE_PROMPT = "The"
+
+
+def _to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Trainer:
+    """Trains `cfg` into the run folder `out`. Use `train(...)` for the one-call version."""
+
+    def __init__(
+        self,
+        cfg: Config | None,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        init_from: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.out = Path(out)
+        self.dist = Distributed.from_env()
+        self.log_fn = log or _to_stderr
+        self.progress = progress and self.dist.main
+        self.init_from = Path(init_from) if init_from else None
+        cfg, self.resume_from = self._starting_point(cfg, resume)
+        self.cfg = copy.deepcopy(cfg)  # our own: the vocabulary and tokenizer are filled in below
+        t = self.cfg.train
+        self.data, self.tokenizer = self._open_data()
+        self.device = self.dist.start(t.device, t.grad_accum)
+        self.dtype = hardware.pick_dtype(self.device, t.dtype)
+        self.autocast = hardware.autocast(self.device, self.dtype)
+        self.accum = t.grad_accum // self.dist.world_size
+        self.run_log = RunLog(self.out)
+        self._build_model()
+        self.tokens_per_step = t.batch_size * self.cfg.model.block_size * t.grad_accum
+        self.speed = Speedometer(self.model, self.device, self.dtype, self.dist.world_size)
+        self.stop_signal: str | None = None
+
+    # -- setting up ---------------------------------------------------------------------------
+
+    def _starting_point(self, cfg: Config | None, resume: bool) -> tuple[Config, Path | None]:
+        """The config to train and the checkpoint to resume from (None: start at step 0)."""
+        if resume and (self.out / "config.json").exists():
+            saved = read_run_config(self.out)
+            ckpt = latest_checkpoint(self.out, log=self.log)
+            if ckpt is None:
+                self.log(f"{self.out} has no loadable checkpoint yet: starting from step 0")
+            return (saved if cfg is None else cfg), ckpt
+        if cfg is None:
+            raise PsyDuckError(f"nothing to resume in {self.out} (no config.json); start a run with --preset")
+        if list_checkpoints(self.out):
+            raise PsyDuckError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        return cfg, None
+
+    def _open_data(self) -> tuple[TokenData, Tokenizer]:
+        """Open the token shards, check they speak the run's tokenizer, and size the vocabulary."""
+        cfg = self.cfg
+        data = TokenData(cfg.data.path)
+        tokenizer = load_tokenizer(Path(cfg.data.path))
+        if self.resume_from is not None or (self.out / "tokenizer.json").exists():
+            data.check_tokenizer(load_tokenizer(self.out))
+        if self.init_from is not None:
+            data.check_tokenizer(load_tokenizer(self.init_from))
+        cfg.data.tokenizer = data.tokenizer_name  # what the run speaks, checked when it is loaded
+        if self.resume_from is not None or self.init_from is not None:  # keep a padded embedding (imports)
+            cfg.model.vocab_size = max(cfg.model.vocab_size, data.vocab_size)
+        else:
+            cfg.model.vocab_size = data.vocab_size
+        for split in ("train", "val"):
+            if data.num_tokens(split) < cfg.model.block_size + 1:
+                raise PsyDuckError(
+                    f"the {split} split has {data.num_tokens(split)} tokens, fewer than one context window "
+                    f"(block_size+1 = {cfg.model.block_size + 1}); use more text or a smaller --block-size"
+                )
+        return data, tokenizer
+
+    def _build_model(self) -> None:
+        """The model, optimizer and batch sampler, at step 0 or as the resumed checkpoint left them."""
+        t = self.cfg.train
+        torch.manual_seed(t.seed + self.dist.rank)  # weights are broadcast by DDP; dropout differs per rank
+        self.model = GPT(self.cfg.model).to(self.device)
+        if self.init_from is not None:
+            init_ckpt = latest_checkpoint(self.init_from)
+            if init_ckpt is None:
+                raise PsyDuckError(f"{self.init_from} has no loadable checkpoint to start from")
+            load_weights(self.model, init_ckpt / "model.safetensors")
+            self.log(f"initialized weights from {init_ckpt}")
+        self.optimizer = make_optimizer(self.model, t, self.device)
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val = float("inf")
+        self.batch_gen = torch.Generator().manual_seed(t.seed)
+        if self.resume_from is not None:
+            self.restore(self.resume_from)
+        net: torch.nn.Module = torch.compile(self.model) if t.compile else self.model
+        self.step_setup = StepSetup(
+            net=self.dist.wrap(net, self.device), model=self.model, optimizer=self.optimizer, train=t,
+            accum=self.accum, autocast=self.autocast,
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16),
+            full_logits=not use_fused_loss(t.loss, self.device),  # plain loss: keep the (B, T, V) logits
+            ranks=self.dist,
+        )
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def log(self, msg: str) -> None:
+        """A line for the person running it (rank 0 only: N processes would print it N times)."""
+        if self.dist.main:
+            self.log_fn(msg)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of the step's global batch: (accum * batch_size, block_size) each."""
+        t = self.cfg.train
+        rows = t.batch_size * self.accum
+        x, y = self.data.get_batch("train", rows * self.dist.world_size, self.cfg.model.block_size, self.batch_gen)
+        sl = slice(self.dist.rank * rows, (self.dist.rank + 1) * rows)
+        return x[sl].to(self.device, non_blocking=True), y[sl].to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def estimate_loss(self) -> dict[str, float]:
+        """Mean loss over eval_iters batches per split, drawn from a generator seeded by the step,
+        so the estimate does not depend on whether the run was resumed."""
+        self.model.eval()
+        out = {}
+        t = self.cfg.train
+        for split in ("train", "val"):
+            g = torch.Generator().manual_seed(t.seed * 1_000_003 + self.step)
+            losses = []
+            for _ in range(t.eval_iters):
+                x, y = self.data.get_batch(split, t.batch_size, self.cfg.model.block_size, g)
+                with self.autocast:
+                    _, loss = self.model(x.to(self.device), y.to(self.device), return_logits=False)
+                losses.append(loss.item())
+            out[split] = sum(losses) / len(losses)
+        self.model.train()
+        return out
+
+    def sample(self) -> str:
+        """A short continuation of SAMPLE_PROMPT, seeded, so samples.txt shows the same draw improving."""
+        ids = self.tokenizer.encode(SAMPLE_PROMPT)
+        x = torch.tensor([ids], device=self.device)
+        out = self.model.generate(
+            x, max_new_tokens=self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.cfg.train.seed,
+            eot_id=self.tokenizer.eot_id,
+        )
+        return self.tokenizer.decode([i for i in out[0].tolist() if i != self.tokenizer.eot_id])
+
+    def save(self, reason: str = "eval", val_loss: float | None = None) -> Path:
+        """Checkpoint now (rank 0 writes; others wait)."""
+        path = self.out / "checkpoints" / f"step_{self.step:07d}"
+        if self.dist.main:
+            info = {
+                "tokens_seen": self.tokens_seen,
+                "val_loss": val_loss,
+                "best_val": self.best_val if self.best_val < float("inf") else None,
+                "reason": reason,
+                "world_size": self.dist.world_size,
+                "time": time.time(),
+            }
+            path = save_training_checkpoint(
+                self.out, self.step, self.model, self.optimizer, info, self.batch_gen, self.device,
+                keep=self.cfg.train.keep_checkpoints,
+            )
+        self.dist.barrier()
+        return path
+
+    def restore(self, ckpt: Path) -> None:
+        """Continue from `ckpt`: weights, optimizer, counters, random states; later metric rows dropped."""
+        state = load_training_checkpoint(ckpt, self.model, self.optimizer, self.batch_gen, self.device)
+        self.step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.best_val = state.get("best_val") or float("inf")
+        if self.dist.main:
+            self.run_log.forget_after(self.step)
+        self.log(f"resuming from {ckpt} (step {self.step})")
+
+    def _handle_signal(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        """Raise the stop flag: the loop saves after the current step (a second signal stops at once)."""
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now, without saving
+            raise KeyboardInterrupt
+        self.stop_signal = signal.Signals(signum).name
+        self.log(f"{self.stop_signal} received: finishing this step, then saving (again to stop at once)")
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Ctrl-C and SIGTERM raise the stop flag; returns the handlers to put back."""
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, self._handle_signal)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def resume_command(self) -> str:
+        return f"psyduck train --out {self.out} --resume"
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def record_evaluation(self, train_window_loss: float | None, tok_per_s: float, elapsed: float) -> dict[str, Any]:
+        """Evaluate; rank 0 writes the metrics row, the loss curve and a sample. Returns the row."""
+        losses = self.estimate_loss()
+        self.speed.recheck_peak(elapsed)
+        row = {
+            "step": self.step,
+            "tokens": self.tokens_seen,
+            "train_loss": losses["train"],
+            "val_loss": losses["val"],
+            "val_bpb": losses["val"] / math.log(2) * self.data.num_tokens("val") / max(1, self.data.num_bytes("val")),
+            "train_window_loss": train_window_loss,
+            "lr": lr_at(max(self.step - 1, 0), self.cfg.train),
+            "tokens_per_s": tok_per_s,
+            "mfu": self.speed.mfu(tok_per_s) if tok_per_s else None,
+            "elapsed_s": elapsed,
+        }
+        if self.dist.main:
+            self.run_log.write(row)
+            if self.cfg.train.sample_tokens:
+                text = self.sample()
+                with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
+                    f.write(f"--- step {self.step} (val loss {losses['val']:.3f})\n{text}\n\n")
+        self.best_val = min(self.best_val, losses["val"])
+        return row
+
+    def run(self) -> dict[str, Any]:
+        """Train to `max_iters` (or the time budget, or a signal); returns the last evaluation."""
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.out / "config.json", self.cfg.to_dict())
+            self.tokenizer.save(self.out)
+        old_handlers = self._install_signal_handlers()
+        if self.dist.main:
+            self.run_log.open_loggers(self.cfg)
+        self.log(
+            f"training {self.model.num_params() / 1e6:.2f}M parameters on {self.device} "
+            f"({str(self.dtype).replace('torch.', '')}), {self.data.num_tokens('train'):,} train tokens, "
+            f"{self.tokens_per_step:,} tokens/step, {self.dist.describe()} -> {self.out}"
+        )
+        bar = ProgressBar(self.progress, self.cfg.train.max_iters, self.step)
+        try:
+            last_row = self._loop(bar, time.perf_counter())
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(e):
+                raise
+            ckpts = list_checkpoints(self.out)
+            advice = out_of_memory_advice(self.cfg.train, self.device, self.tokens_per_step, ckpts[-1] if ckpts else None)
+            raise PsyDuckError(advice) from None
+        finally:
+            bar.close()
+            self.run_log.close(draw=self.dist.main)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        return {"run": str(self.out), "step": self.step, **{k: v for k, v in last_row.items() if k != "step"}}
+
+    def _loop(self, bar: ProgressBar, start: float) -> dict[str, Any]:
+        """Step until done, evaluating and saving on schedule; returns the last evaluation row."""
+        t = self.cfg.train
+        last_row: dict[str, Any] = {}
+        if self.step == 0 and self.resume_from is None:
+            last_row = self.record_evaluation(None, 0.0, 0.0)
+        window = Window()
+        self.model.train()
+        while self.step < t.max_iters:
+            if t.max_seconds and time.perf_counter() - start > t.max_seconds:
+                self.log(f"time budget of {t.max_seconds:.0f}s reached at step {self.step}")
+                break
+            loss = self.train_step()
+            if loss is None:  # skipped (on_nan=skip)
+                continue
+            window.add(loss, self.tokens_per_step)
+            now = time.perf_counter()
+            tok_s = window.tokens_per_s(now)
+            bar.step(loss, tok_s, self.speed.mfu(tok_s))
+            last_row = self._on_schedule(window, tok_s, now - start, bar, last_row)
+            if self._stop_requested():
+                path = self.save(f"signal {self.stop_signal}")
+                self.log(f"stopped by {self.stop_signal} at step {self.step}; saved {path}")
+                self.log(f"resume with: {self.resume_command()}")
+                break
+        else:
+            if not last_row or last_row.get("step") != self.step:
+                last_row = self.record_evaluation(None, 0.0, time.perf_counter() - start)
+                self.save("final", last_row["val_loss"])
+        if t.max_seconds and self.step < t.max_iters and last_row.get("step") != self.step:
+            last_row = self.record_evaluation(None, 0.0, time.perf_counter() - start)
+            self.save("time budget", last_row["val_loss"])
+        return last_row
+
+    def _on_schedule(
+        self, window: Window, tok_s: float, elapsed: float, bar: ProgressBar, last_row: dict[str, Any]
+    ) -> dict[str, Any]:
+        """After a step: evaluate and/or checkpoint when one is due; returns the newest row."""
+        t = self.cfg.train
+        due_eval = self.step % t.eval_interval == 0 or self.step == t.max_iters
+        if due_eval:
+            last_row = self.record_evaluation(window.mean_loss(), tok_s, elapsed)
+            bar.write(f"step {self.step}: train {last_row['train_loss']:.4f}, val {last_row['val_loss']:.4f}, {tok_s:,.0f} tok/s")
+            if not t.checkpoint_interval:
+                self.save("eval", last_row["val_loss"])
+            window.reset()
+        if t.checkpoint_interval and self.step % t.checkpoint_interval == 0:
+            self.save("interval", last_row.get("val_loss") if due_eval else None)
+        return last_row
+
+    def _stop_requested(self) -> bool:
+        """Whether to stop now: a signal here, or on any other rank (every rank stops at the same step)."""
+        flag = self.dist.any_rank(self.stop_signal is not None, self.device)
+        if flag and self.stop_signal is None:
+            self.stop_signal = "peer signal"
+        return flag
+
+    def train_step(self) -> float | None:
+        """One optimizer step; returns the mean loss of its micro-batches, or None when skipped."""
+        x, y = self.next_batch()
+        value = train_step(self.step_setup, x, y, lr_at(self.step, self.cfg.train))
+        if not math.isfinite(value):
+            return self.on_blowup(value)
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        return value
+
+    def on_blowup(self, value: float) -> None:
+        """A non-finite loss: skip the step (`on_nan=skip`) or stop, naming the last good checkpoint."""
+        ckpts = list_checkpoints(self.out)
+        last = str(ckpts[-1]) if ckpts else "none yet"
+        if self.cfg.train.on_nan == "skip":
+            self.log(f"loss is {value} at step {self.step + 1}: skipped this step (on_nan=skip)")
+            self.step += 1  # the step is spent (the schedule moves on) but the weights are untouched
+            return None
+        raise PsyDuckError(
+            f"loss became {value} at step {self.step + 1}; last good checkpoint: {last}; "
+            f"lower --lr or resume with on_nan=skip"
+        )
+
+
+def train(
+    cfg: Config | None = None,
+    out: str | Path = "runs/demo",
+    *,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `cfg` into the run folder `out`; returns the last evaluation's numbers.
+
+    `resume=True` continues the run in `out` from its newest loadable checkpoint (with `cfg=None`,
+    using the config it saved). `init_from` starts from another run's weights with a fresh
+    optimizer and schedule (fine-tuning on new data prepared with the same tokenizer). `cfg` itself
+    is left as it was.
+    """
+    trainer = Trainer(cfg, out, resume=resume, init_from=init_from, progress=progress)
+    try:
+        result = trainer.run()
+        trainer.dist.barrier()  # rank 0 may still be drawing or saving: leave together, or gloo hangs in teardown
+        return result
+    finally:
+        trainer.dist.close()
