@@ -55,6 +55,7 @@ from psyduck.checkpoint import (
 from psyduck.config import Config, TrainConfig
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
+from psyduck.generate import GenerationParams, stream_text
 from psyduck.losses import use_fused_loss
 from psyduck.model import GPT
 from psyduck.plot import BackgroundPlotter
@@ -262,13 +263,9 @@ class Trainer:
         return out
 
     def sample(self) -> str:
+        params = GenerationParams(self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.cfg.train.seed)
         ids = self.tokenizer.encode(SAMPLE_PROMPT)
-        x = torch.tensor([ids], device=self.device)
-        out = self.model.generate(
-            x, max_new_tokens=self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.cfg.train.seed,
-            eot_id=self.tokenizer.eot_id,
-        )
-        return self.tokenizer.decode([i for i in out[0].tolist() if i != self.tokenizer.eot_id])
+        return SAMPLE_PROMPT + "".join(stream_text(self.model, self.tokenizer, ids, params))
 
     def rng_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"rng.torch": torch.get_rng_state(), "rng.batch": self.batch_gen.get_state()}

@@ -23,7 +23,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from psyduck.serve.app import create_app
-from psyduck.serve.engine import TextStream
+from psyduck.generate import TextStream
 
 RUN_NAME = "tiny-run"
 CHROMIUM = Path("/usr/bin/chromium")

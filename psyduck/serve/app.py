@@ -48,7 +48,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from psyduck.errors import PsyDuckError
-from psyduck.serve.engine import Choice, ClientGone, Overloaded, SamplingParams, Slots, generate
+from psyduck.generate import DecodeWeights, GenerationParams
+from psyduck.serve.engine import Choice, ClientGone, Overloaded, Slots, generate
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 MAX_N = 16  # completions per prompt a request may ask for
@@ -230,6 +231,7 @@ class ServeState:
         max_prompt_tokens: int, max_concurrency: int, max_queue: int,
     ) -> None:
         self.model, self.tok, self.name, self.run_dir, self.api_key = model, tokenizer, name, run_dir, api_key
+        self.weights = DecodeWeights.build(model)  # the decode copies, once for every request
         self.max_tokens_cap, self.max_prompt_tokens = max_tokens_cap, max_prompt_tokens
         self.slots = Slots(max_concurrency, max_queue)
         self.cancels: set[threading.Event] = set()  # of generations in flight; set at shutdown
@@ -240,7 +242,7 @@ class ServeState:
         """Run `generate(*args)` in a worker thread (one per slot; made on first use)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.slots.concurrency, thread_name_prefix="psyduck-generate")
-        return self._executor.submit(generate, self.model, self.tok, *args)
+        return self._executor.submit(generate, self.model, self.tok, *args, weights=self.weights)
 
     def close(self) -> None:
         """Stop every generation at its next token and let the worker threads go."""
@@ -384,7 +386,7 @@ def create_app(
 
     # -- completions --------------------------------------------------------------------------
 
-    def sampling_params(body: CompletionRequest) -> SamplingParams:
+    def sampling_params(body: CompletionRequest) -> GenerationParams:
         """Check what the schema cannot (the cap) and fill in defaults."""
         max_tokens = min(16, state.max_tokens_cap) if body.max_tokens is None else body.max_tokens
         if max_tokens > state.max_tokens_cap:
@@ -396,7 +398,7 @@ def create_app(
         top_k = body.top_k if body.top_k is not None and body.top_k > 0 else None
         top_p = body.top_p if body.top_p is not None and body.top_p < 1 else None
         temperature = 1.0 if body.temperature is None else body.temperature
-        return SamplingParams(max_tokens, temperature, top_k, top_p, body.seed, stop, bool(body.ignore_eos))
+        return GenerationParams(max_tokens, temperature, top_k, top_p, body.seed, stop, bool(body.ignore_eos))
 
     def encode_prompts(prompt: Any) -> list[list[int]]:
         """The request's prompt(s) as token-id lists (runs in a worker thread: long texts take time)."""
@@ -427,7 +429,7 @@ def create_app(
             out.append(ids)
         return out
 
-    async def start(request: Request, prompts, n: int, params: SamplingParams, on_step=None) -> tuple[Future, threading.Event]:
+    async def start(request: Request, prompts, n: int, params: GenerationParams, on_step=None) -> tuple[Future, threading.Event]:
         """Wait for a slot, then generate in a worker thread; the slot is given back when the worker ends."""
         try:
             await state.slots.acquire(request.is_disconnected)
