@@ -101,8 +101,9 @@ class DecodeWeights:
     def build(cls, model: nn.Module, exact: bool = False) -> DecodeWeights:
         """A twin of `model` sharing every parameter and buffer, with its CPU Linear layers swapped.
 
-        Copying the module tree is cheap (~10 ms for seed-60m); the weight copies are what cost
-        (tens to hundreds of ms for seed-60m): build once per generation, or once and pass it to many.
+        Copying the module tree is cheap; the weight copies cost a pass over every weight (for
+        seed-60m, a good part of a second on a small CPU): build once per generation, or once and
+        pass it to many (`generate(..., weights=)`).
         """
         shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
         net = copy.deepcopy(model, memo=shared).eval()  # new modules, the same tensors

@@ -34,7 +34,7 @@ def next_logits(
     use from now on: if float16 overflowed (logits not finite), the step is redone once with exact
     weights, which the rest of the generation keeps."""
     start = cache.length
-    with torch.inference_mode():  # no autograd bookkeeping at all (~4% per token)
+    with torch.inference_mode():  # no autograd bookkeeping at all
         logits = weights.net(tokens, cache=cache)[0][:, -1]
         if weights.half and not bool(logits.sum().isfinite()):  # float16 copies are CPU-only: no GPU sync
             cache.length = start  # forget this step's keys and values
