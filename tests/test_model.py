@@ -143,6 +143,15 @@ def test_same_seed_same_sample_and_different_seed_differs():
     assert torch.equal(s1, s2) and not torch.equal(s1, s3)
 
 
+def test_temperature_zero_is_greedy_whatever_the_seed():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    x = torch.tensor([[5, 6]])
+    a = generate(model, x, max_new_tokens=12, temperature=0, seed=1)
+    assert torch.equal(a, generate(model, x, max_new_tokens=12, temperature=0, seed=2))
+    assert torch.equal(a, recompute_greedy(model, x, 12))
+
+
 def test_generation_stops_at_end_of_text():
     torch.manual_seed(0)
     model = GPT(small()).eval()
