@@ -22,8 +22,8 @@ of the model: the same modules and the *same* parameter tensors, except that its
 
 The twin runs the model's own `forward` (so it follows every variant the model has), always in
 eval mode; the model itself is not touched, so training can go on and threads can share it. The
-copies are a snapshot: rebuild after the weights change. GPUs (and non-float32 weights) keep the
-model's own layers. Timings: docs/performance.md (the "generation" section).
+copies are taken when it is built: after the weights change, build again. GPUs (and non-float32
+weights) keep the model's own layers. Timings: docs/performance.md (the "generation" section).
 """
 
 from __future__ import annotations
