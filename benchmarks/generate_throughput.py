@@ -12,11 +12,13 @@ logits for the prompt before timing anything.
 - baseline: the seed's `generate`, which for every new token crops the context to the last
   block_size tokens and runs the whole window through the model (logits for every position,
   keep the last), then samples with `torch.multinomial`;
-- PsyDuck: `GPT.generate_stream` (prompt run once, then one token at a time through a KV cache;
+- PsyDuck: `psyduck.generate.stream` (prompt run once, then one token at a time through a KV cache;
   when the 128-token window is full, the newest half is kept and the cache rebuilt), sampling at
   temperature 1 (the same distribution as the seed's). Two PsyDuck sides: the default (on CPUs,
-  float16 weight copies for the matrix products: psyduck/decode_layout.py, with its tolerance
-  test) and `exact=True` (float32 throughout); `ratio` is the default's, `exact_ratio` the other's;
+  float16 weight copies for the matrix products: psyduck/generate/decode_weights.py, with its
+  tolerance test) and `exact=True` (float32 throughout); `ratio` is the default's, `exact_ratio`
+  the other's. Each side's `DecodeWeights` is built once, before the clock, as a server builds
+  them once for all its requests (`psyduck generate` builds them once per call);
 - batch 1, prompt "The world" (cl100k_base), 256 new tokens, float32 weights on both sides, no
   autocast (as `psyduck generate` runs; on a GPU at batch 1, bf16 autocast re-casts every weight
   for every token and is 2.3x slower than float32 on an H100), no gradients on either side. The
@@ -28,6 +30,7 @@ logits for the prompt before timing anything.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,7 @@ from common import add_common_args, emit, machine, median, rounded, setup  # noq
 
 from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
+from psyduck.generate import DecodeWeights, GenerationParams, stream  # noqa: E402
 from psyduck.model import GPT  # noqa: E402
 from psyduck.tokenizer import make_tokenizer  # noqa: E402
 
@@ -68,19 +72,21 @@ def copy_weights(src: GPT, dst: SeedGPT) -> None:
     dst.out.load_state_dict(src.lm_head.state_dict())
 
 
-def race(base: SeedGPT, psy: GPT, idx: torch.Tensor, n: int, device, seed: int) -> dict[str, tuple[float, float]]:  # noqa: ANN001
+def race(
+    base: SeedGPT, psy: GPT, weights: dict[str, DecodeWeights], idx: torch.Tensor, n: int, device, seed: int  # noqa: ANN001
+) -> dict[str, tuple[float, float]]:
     """The sides generate n tokens, one token each in turn, so that load from other processes falls
     on all alike. Returns {side: (time to first token, total seconds)}.
 
     The baseline is the seed's `generate`, called for one token at a time on its growing sequence:
     the same work as one `generate(idx, n)` call (it re-runs the cropped window for every token).
-    PsyDuck is one `generate_stream` call per side (default, and exact=True); each token is
-    fetched to the host (`.item()`), as a caller printing it would.
+    PsyDuck is one `stream` call per side (default, and exact=True), over that side's prebuilt
+    decode weights; each token is fetched to the host (`.item()`), as a caller printing it would.
     """
     g = torch.Generator(device=device).manual_seed(seed)
     seq = idx
-    streams = {"psyduck": psy.generate_stream(idx, n, temperature=1.0, seed=seed),
-               "psyduck_exact": psy.generate_stream(idx, n, temperature=1.0, seed=seed, exact=True)}
+    streams = {side: stream(psy, idx, GenerationParams(n, temperature=1.0, seed=seed, exact=w.exact), weights=w)
+               for side, w in weights.items()}
     spent: dict[str, list[float]] = {"baseline": [], **{k: [] for k in streams}}
     with torch.no_grad():
         for _ in range(n):
@@ -89,9 +95,9 @@ def race(base: SeedGPT, psy: GPT, idx: torch.Tensor, n: int, device, seed: int) 
             seq = base.generate(seq, 1, generator=g)
             hardware.sync(device)
             spent["baseline"].append(time.perf_counter() - t0)
-            for name, stream in streams.items():
+            for name, steps in streams.items():
                 t0 = time.perf_counter()
-                next(stream).item()
+                next(steps).item()
                 spent[name].append(time.perf_counter() - t0)
     assert seq.shape[1] == idx.shape[1] + n
     return {k: (v[0], sum(v)) for k, v in spent.items()}
@@ -128,16 +134,17 @@ def main() -> None:
     same = float((a - b).abs().max())
     if same > (1e-3 if dtype == torch.float32 and device.type == "cpu" else 5e-2):  # TF32, autocast: rounded per layout
         raise SystemExit(f"the two models disagree on the prompt's logits (max |diff| {same}); weight copy is wrong")
+    weights = {"psyduck": DecodeWeights.build(psy), "psyduck_exact": DecodeWeights.build(psy, exact=True)}
     if args.compile:
         base.forward = torch.compile(base.forward)
-        psy.body = torch.compile(psy.body, dynamic=True)
+        weights = {k: dataclasses.replace(w, net=torch.compile(w.net, dynamic=True)) for k, w in weights.items()}
     repeats = args.repeats or (1 if args.quick else 3)
     # warm-up: a few tokens each
     with ac:
-        race(base, psy, idx, 4, device, 0)
+        race(base, psy, weights, idx, 4, device, 0)
         runs: dict[str, list[tuple[float, float]]] = {"baseline": [], "psyduck": [], "psyduck_exact": []}
         for r in range(repeats):
-            for side, v in race(base, psy, idx, args.tokens, device, r).items():
+            for side, v in race(base, psy, weights, idx, args.tokens, device, r).items():
                 runs[side].append(v)
             print(f"[generate_throughput] repeat {r}: {runs}", file=sys.stderr, flush=True)
     res: dict = {}

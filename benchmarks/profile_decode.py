@@ -26,16 +26,17 @@ from common import add_common_args, emit, machine, median, rounded, setup  # noq
 
 from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
+from psyduck.generate import DecodeWeights, GenerationParams, stream  # noqa: E402
 from psyduck.model import GPT  # noqa: E402
 
 
-def ms_per_token(model: GPT, idx: torch.Tensor, n: int, ctx, device) -> float:  # noqa: ANN001
+def ms_per_token(model: GPT, weights: DecodeWeights, idx: torch.Tensor, n: int, ctx, device) -> float:  # noqa: ANN001
     runs = []
     for r in range(3):
         with ctx():
             hardware.sync(device)
             t0 = time.perf_counter()
-            for tok in model.generate_stream(idx, n, temperature=1.0, seed=r):
+            for tok in stream(model, idx, GenerationParams(n, temperature=1.0, seed=r), weights=weights):
                 tok.item()  # a caller printing tokens fetches each one
             runs.append((time.perf_counter() - t0) / n * 1000)
     return median(runs)
@@ -59,19 +60,20 @@ def main() -> None:
     if device.type == "cuda":
         variants[f"{dtype}_autocast".replace("torch.", "")] = (model, lambda: hardware.autocast(device, dtype))
         variants[f"{dtype}_weights".replace("torch.", "")] = (copy.deepcopy(model).to(dtype), contextlib.nullcontext)
+    weights = {name: DecodeWeights.build(m) for name, (m, _) in variants.items()}  # once, as a server does
     per_token = {}
     for name, (m, ctx) in variants.items():
-        ms_per_token(m, idx, 4, ctx, device)  # warm-up
-        per_token[name] = ms_per_token(m, idx, args.tokens, ctx, device)
+        ms_per_token(m, weights[name], idx, 4, ctx, device)  # warm-up
+        per_token[name] = ms_per_token(m, weights[name], idx, args.tokens, ctx, device)
         print(f"[profile_decode] {name}: {per_token[name]:.2f} ms/token", file=sys.stderr, flush=True)
     activities = [torch.profiler.ProfilerActivity.CPU]
     sort = "self_cpu_time_total"
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
         sort = "self_cuda_time_total"
-    m, ctx = next(iter(variants.values()))
+    name, (m, ctx) = next(iter(variants.items()))
     with torch.profiler.profile(activities=activities) as prof, ctx():
-        for tok in m.generate_stream(idx, args.tokens, temperature=1.0, seed=0):
+        for tok in stream(m, idx, GenerationParams(args.tokens, temperature=1.0, seed=0), weights=weights[name]):
             tok.item()
     table = prof.key_averages().table(sort_by=sort, row_limit=args.rows)
     print(table, file=sys.stderr, flush=True)

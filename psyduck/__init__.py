@@ -1,9 +1,11 @@
 """PsyDuck: build, train and sample a small GPT from scratch.
 
     from psyduck import GPT, load_run, presets, train
+    from psyduck.generate import GenerationParams, generate, stream
     model = GPT(presets["seed-60m"].model)
     logits, loss = model(idx, targets)
     model, tokenizer = load_run("runs/demo")
+    out = generate(model, idx, GenerationParams(max_new_tokens=100, temperature=0.7, top_k=50))
 
 Names that need PyTorch are imported on first use, so `psyduck prepare` and `psyduck config` start fast.
 """
@@ -20,6 +22,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "GPT": "psyduck.model",
+    "GenerationParams": "psyduck.generate",
     "load_run": "psyduck.checkpoint",
     "train": "psyduck.train",
     "Trainer": "psyduck.train",

@@ -73,37 +73,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    import torch
-
     from psyduck.checkpoint import load_run
+    from psyduck.generate import GenerationParams, stream_text
     from psyduck.hardware import pick_device
-    from psyduck.sampling import check_sampling
 
-    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
+    params = GenerationParams(  # checked before the model loads
+        args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, ignore_eos=args.no_stop, exact=args.exact,
+    )
     device = pick_device(args.device)
     model, tok = load_run(args.run, device=device, checkpoint=args.checkpoint)
     ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]  # no prompt: start a new document
-    x = torch.tensor([ids], device=device)
-    stream = model.generate(
-        x, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed, eot_id=None if args.no_stop else tok.eot_id, stream=True, exact=args.exact,
-    )
     sys.stdout.write(args.prompt)
-    new: list[int] = []
-    shown = ""
-    for token in stream:
-        t = int(token[0])
-        if t == tok.eot_id:
-            if not args.no_stop:
-                break
-            continue  # with --no-stop, document boundaries pass silently
-        new.append(t)
-        text = tok.decode(new)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[len(shown) :])
-            sys.stdout.flush()
-            shown = text
-    sys.stdout.write(tok.decode(new)[len(shown) :] + "\n")
+    for piece in stream_text(model, tok, ids, params):  # with --no-stop, document boundaries pass silently
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

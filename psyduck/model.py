@@ -28,16 +28,17 @@ fused path in `MultiHeadAttention` (one matrix multiply for q, k and v of all he
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from psyduck.config import ModelConfig
-from psyduck.decode_layout import decoding, installed
 from psyduck.losses import chunked_cross_entropy
-from psyduck.sampling import check_sampling, sample_next
+
+if TYPE_CHECKING:  # generation's KV cache (psyduck/generate/cache.py), which the attention fills
+    from psyduck.generate.cache import KVCache, LayerCache
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,13 +370,22 @@ class GPT(nn.Module):
         return self.norm(x)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = True
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+        return_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, V), mean cross-entropy against targets or None).
 
         Targets equal to -1 are ignored in the loss. Training passes `return_logits=False`: then the
         loss is computed without keeping the whole (B, T, V) logits tensor, and logits is None.
+
+        With a `cache` (generation, psyduck/generate/): the tokens continue those the cache holds
+        (positions from `cache.length`), their keys and values are added to it, and the logits are
+        computed for the last position only, (B, 1, V): the one a next token is sampled from.
         """
+        if cache is not None:
+            if targets is not None:
+                raise ValueError("a KV cache is for generation: pass targets without one")
+            return self.lm_head(self.body(idx, cache)[:, -1:]), None  # (B, 1, V)
         h = self.body(idx)  # (B, T, C)
         if targets is not None and not return_logits:
             return None, chunked_cross_entropy(h, self.lm_head.weight, self.lm_head.bias, targets)
@@ -384,144 +394,3 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    # -- generation -------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def generate_stream(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int = 100,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        eot_id: int | None = None,
-        exact: bool = False,
-    ) -> Iterator[torch.Tensor]:
-        """Yield one new token per step, a (B,) tensor, continuing each row of `idx` (B, T).
-
-        Uses a KV cache: the prompt is run once, then each step feeds only the newest token, reusing
-        every earlier key and value. When the window of block_size tokens is full, the oldest half is
-        dropped and the cache is rebuilt from the rest (the seed cropped the context the same way,
-        but re-ran all of it for every token). Rows that produce `eot_id` stop; the stream ends when
-        all rows have.
-
-        On CPUs the matrix products use float16 copies of the weights (`decode_layout`: ~1.2x faster
-        per token, next-token probabilities within 0.005 total variation of float32's); `exact=True`
-        keeps every product in the weights' own precision.
-        """
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
-        if idx.ndim == 1:
-            idx = idx.unsqueeze(0)
-        if idx.shape[1] == 0:
-            raise ValueError("generate needs at least one prompt token")
-        was_training = self.training
-        self.eval()
-        bs = self.config.block_size
-        generator = torch.Generator(device=idx.device).manual_seed(seed) if seed is not None else None
-        cache = KVCache.for_model(self, idx.shape[0], idx.device, next(self.parameters()).dtype)
-
-        def last_logits(tokens: torch.Tensor) -> torch.Tensor:  # new tokens (B, T) through the cache -> (B, V)
-            nonlocal exact
-            start = cache.length
-            # inference mode: no autograd bookkeeping at all (~4% per token); decoding: on CPUs, the
-            # weight copies of psyduck/decode_layout.py, made for multiplying one row
-            with torch.inference_mode(), decoding(exact):
-                logits = self.lm_head(self.body(tokens, cache)[:, -1])  # the output layer for the last position only
-            half = not exact and logits.device.type == "cpu"  # float16 copies are a CPU path (no GPU sync here)
-            if half and not bool(logits.sum().isfinite()):  # float16 overflowed: redo this step exactly
-                exact, cache.length = True, start
-                return last_logits(tokens)
-            return logits
-
-        try:
-            with installed(self):  # CPU Linear layers may use decoding copies (inside `decoding` only)
-                context = idx[:, -bs:]  # crop prompts longer than the window, as the seed does
-                logits = last_logits(context)
-                done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-                for _ in range(max_new_tokens):
-                    nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-                    if eot_id is not None:
-                        nxt = torch.where(done, torch.full_like(nxt, eot_id), nxt)
-                        done |= nxt == eot_id
-                    yield nxt
-                    if eot_id is not None and bool(done.all()):
-                        return
-                    context = torch.cat([context, nxt[:, None]], dim=1)
-                    if cache.length == bs:  # window full: keep the newest half, rebuild the cache from it
-                        context = context[:, -(bs // 2 + 1) :]
-                        cache.reset()
-                        logits = last_logits(context)
-                    else:
-                        logits = last_logits(nxt[:, None])
-        finally:
-            self.train(was_training)
-
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        eot_id: int | None = None,
-        stream: bool = False,
-        max_new_token: int | None = None,
-        exact: bool = False,
-    ):
-        """Continue `idx` (B, T) by up to `max_new_tokens` tokens: returns (B, T + n) ids.
-
-        `max_new_token` is the seed's spelling and works too. With `stream=True` this returns the
-        iterator of `generate_stream` instead: one (B,) tensor of new tokens per step. `exact`: see
-        `generate_stream`.
-        """
-        n = max_new_tokens if max_new_tokens is not None else max_new_token
-        n = 100 if n is None else n
-        tokens = self.generate_stream(idx, n, temperature, top_k, top_p, seed, eot_id, exact)
-        if stream:
-            return tokens
-        idx = idx if idx.ndim == 2 else idx.unsqueeze(0)
-        new = list(tokens)
-        return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
-
-
-# ---------------------------------------------------------------------------------------------
-# KV cache
-# ---------------------------------------------------------------------------------------------
-
-class LayerCache:
-    """One block's keys and values so far, in preallocated buffers (B, Hkv, block_size, hs)."""
-
-    def __init__(self, owner: "KVCache", k: torch.Tensor, v: torch.Tensor) -> None:
-        self.owner, self.k, self.v = owner, k, v
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.owner.length, self.owner.length + k.shape[2]
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-
-class KVCache:
-    """Keys and values of every block for the tokens seen so far; `length` counts them."""
-
-    def __init__(self, n_layer: int, shape: tuple[int, int, int, int], device, dtype) -> None:
-        self.length = 0
-        self.layers = [
-            LayerCache(self, torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
-            for _ in range(n_layer)
-        ]
-
-    @classmethod
-    def for_model(cls, model: GPT, batch: int, device, dtype) -> "KVCache":
-        c = model.config
-        return cls(c.n_layer, (batch, c.kv_heads, c.block_size, c.head_size), device, dtype)
-
-    def layer(self, i: int) -> LayerCache:
-        return self.layers[i]
-
-    def reset(self) -> None:
-        self.length = 0

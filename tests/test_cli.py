@@ -49,6 +49,26 @@ def test_generate_streams_a_continuation(trained_run, capsys):
     assert capsys.readouterr().out.startswith("The world")
 
 
+def test_stream_text_is_the_decoded_continuation_cut_at_stop_strings(trained_run):
+    """What `psyduck generate` prints and the trainer keeps: the new ids as text, ended at a stop string."""
+    import dataclasses
+
+    import torch
+
+    from psyduck.checkpoint import load_run
+    from psyduck.generate import GenerationParams, generate, stream_text
+
+    model, tok = load_run(trained_run)
+    ids = tok.encode("The world")
+    params = GenerationParams(30, temperature=1.0, seed=3, ignore_eos=True)
+    new = generate(model, torch.tensor([ids]), params)[0, len(ids):].tolist()
+    text = "".join(stream_text(model, tok, ids, params))
+    assert len(new) == 30 and text == tok.decode([t for t in new if t != tok.eot_id]) and len(text) > 8
+    stop = text[5:8]
+    cut = "".join(stream_text(model, tok, ids, dataclasses.replace(params, stop=(stop,))))
+    assert cut == text[: text.index(stop)]
+
+
 def test_eval_json_reports_bits_per_byte(trained_run, capsys):
     assert main(["eval", str(trained_run), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from psyduck.checkpoint import load_run
 from psyduck.config import ModelConfig
+from psyduck.generate import generate
 from psyduck.losses import chunked_cross_entropy
 from psyduck.model import GPT, MultiHeadAttention
 from psyduck.train import train
@@ -125,7 +126,7 @@ def test_kv_cache_generation_equals_full_recompute():
     cfg = ModelConfig(vocab_size=300, block_size=32, d_model=64, n_layer=2, n_head=4, dropout=0.0, pos="rope")
     model = GPT(cfg).cuda().eval()
     idx = torch.randint(0, 300, (2, 5), device="cuda")
-    out = model.generate(idx, max_new_tokens=60, top_k=1)  # greedy, past the window (cache rebuilt)
+    out = generate(model, idx, max_new_tokens=60, top_k=1)  # greedy, past the window (cache rebuilt)
     seq = idx
     with torch.no_grad():
         for _ in range(60):  # the seed's way: re-run the cropped context for every token

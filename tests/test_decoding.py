@@ -1,9 +1,9 @@
 """The generation fast paths compute the same function as the plain ones.
 
-- `decode_layout(exact=True)`: wide Linear layers multiply by transposed copies of their weights on
-  the CPU; logits must equal the plain forward's (to float rounding), the state dict must not
-  change, and a weight changed in place must be seen at once.
-- `decode_layout()` (the default): float16 weight copies. Stated tolerance: the next-token
+- `DecodeWeights.build(model, exact=True)`: wide Linear layers multiply by transposed copies of their
+  weights on the CPU; logits must equal the plain forward's (to float rounding), and the model
+  itself must not change (same modules, same state dict, same mode).
+- `DecodeWeights.build(model)` (the default): float16 weight copies. Stated tolerance: the next-token
   distribution within 0.005 total variation of float32's, and every log-probability above 1e-4
   within 0.02; a step that overflows float16 is redone exactly.
 - `sample_from`: inverse-CDF sampling must draw exactly the given distribution: never a token of
@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from psyduck import GPT, ModelConfig
-from psyduck.decode_layout import HALF_MIN, cpu_linears, decode_layout, transposed
-from psyduck.sampling import sample_from
+from psyduck.generate import DecodeWeights, generate, stream
+from psyduck.generate.decode_weights import HALF_MIN, HalfLinear, TransposedLinear, transposed
+from psyduck.generate.sampling import sample_from
 
 
 def small_model(**kw) -> GPT:  # noqa: ANN003
@@ -47,69 +48,53 @@ def wide_model(logit_scale: float = 1.0, offset: float = 0.0, **kw) -> GPT:  # n
     return model
 
 
+def linear_types(model: torch.nn.Module) -> list[type]:
+    return [type(m) for m in model.modules() if isinstance(m, (torch.nn.Linear, HalfLinear, TransposedLinear))]
+
+
 @pytest.mark.parametrize("kw", [{}, {"bias": True, "tie_embeddings": True}, {"activation": "swiglu", "pos": "rope"}])
 @pytest.mark.parametrize("make", [small_model, wide_model], ids=["d64", "d256"])
-def test_exact_decode_layout_gives_the_plain_logits_and_leaves_the_state_dict_alone(kw, make):
-    model = make(**kw)
+def test_exact_decode_weights_give_the_plain_logits_and_leave_the_model_alone(kw, make):
+    model = make(**kw).train()
     idx = torch.randint(0, 1000, (2, 9))
-    keys = set(model.state_dict())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
-        plain = model(idx)[0]
-        with decode_layout(model, exact=True):
-            assert all("forward" in m.__dict__ for m in cpu_linears(model))
-            fast = model(idx)[0]
-            one = model(idx[:, :1])[0]  # the single-row case generation runs
+        plain = model.eval()(idx)[0]
+        weights = DecodeWeights.build(model.train(), exact=True)
+        fast = weights.net(idx)[0]
+        one = weights.net(idx[:, :1])[0]  # the single-row case generation runs
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(one, plain[:, :1], rtol=1e-5, atol=1e-5)
-    assert set(model.state_dict()) == keys
-    assert not any("forward" in m.__dict__ for m in model.modules())  # plain forward is back
+    assert TransposedLinear in linear_types(weights.net) and not weights.net.training
+    assert set(linear_types(model)) == {torch.nn.Linear} and model.training  # the model is as it was
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert weights.net.tok_emb.weight is model.tok_emb.weight  # shared, not copied
 
 
 def test_exact_copies_only_for_wide_layers_and_float16_only_for_large_ones():
     model = small_model()  # d_model 64: every matrix under HALF_MIN weights, so float16 is skipped too
-    with torch.no_grad():
-        with decode_layout(model, exact=True):
-            model(torch.tensor([[1, 2]]))
-        with decode_layout(model):
-            model(torch.tensor([[1, 2]]))
-    copied = {(m.out_features, m.in_features) for m in model.modules() if "_decode_transposed" in m.__dict__}
+    exact, half = DecodeWeights.build(model, exact=True), DecodeWeights.build(model)
+    copied = {tuple(m.weight_t.shape[::-1]) for m in exact.net.modules() if isinstance(m, TransposedLinear)}
     assert copied == {(192, 64), (256, 64), (1000, 64)}  # qkv, FFN up, output layer; not proj or down
-    assert not any("_decode_half" in m.__dict__ for m in model.modules())
+    assert HalfLinear not in linear_types(half.net) and not half.half
+    wide = DecodeWeights.build(wide_model())
+    assert set(linear_types(wide.net)) == {HalfLinear} and wide.half
 
 
 @pytest.mark.parametrize("exact", [True, False])
-def test_a_weight_changed_in_place_is_seen_by_the_next_step(exact):
+def test_weights_built_after_an_in_place_change_see_it(exact):
     model = wide_model(bias=True)
     idx = torch.randint(0, 1000, (1, 5))
     with torch.no_grad():
-        with decode_layout(model, exact):
-            before = model(idx)[0]
-            model.lm_head.weight.mul_(2.0)  # an optimizer step does this: the version counter moves
-            model.blocks[0].ffn.up.bias.add_(0.5)  # and to the biases, whose float16 copies are separate
-            after = model(idx)[0].log_softmax(-1)  # float16: the output layer's logits move by a
-        plain = model(idx)[0].log_softmax(-1)       # constant per position, so compare log-probabilities
+        before = DecodeWeights.build(model, exact).net(idx)[0]
+        model.lm_head.weight.mul_(2.0)  # an optimizer step does this between two of the trainer's samples
+        model.blocks[0].ffn.up.bias.add_(0.5)  # and to the biases, whose float16 copies are separate
+        after = DecodeWeights.build(model, exact).net(idx)[0].log_softmax(-1)  # float16: the output
+        plain = model(idx)[0].log_softmax(-1)  # layer's logits move by a constant per position
     tol = 1e-5 if exact else 2e-2
     torch.testing.assert_close(after, plain, rtol=tol, atol=tol)
-    assert not torch.allclose(before, after)
-
-
-def test_nested_uses_keep_the_fast_path_until_the_last_one_leaves():
-    model = small_model()
-    head = model.lm_head
-    with decode_layout(model):
-        with decode_layout(model):
-            pass
-        assert "forward" in head.__dict__
-    assert "forward" not in head.__dict__
-
-
-def test_gradients_still_flow_through_the_plain_path():
-    model = small_model().train()
-    idx = torch.randint(0, 1000, (2, 8))
-    with decode_layout(model):
-        _, loss = model(idx, idx)
-        loss.backward()
-    assert model.lm_head.weight.grad is not None
+    assert not torch.allclose(before.log_softmax(-1), after, atol=tol)
 
 
 def distance(exact_logits: torch.Tensor, half_logits: torch.Tensor) -> tuple[float, float]:
@@ -127,11 +112,11 @@ def distance(exact_logits: torch.Tensor, half_logits: torch.Tensor) -> tuple[flo
 def test_float16_copies_keep_the_next_token_distribution(seed, length, logit_scale, offset, kw):
     model = wide_model(logit_scale, offset, **kw)
     idx = torch.randint(0, 4096, (2, length), generator=torch.Generator().manual_seed(seed))
+    weights = DecodeWeights.build(model)
     with torch.no_grad():
         exact = model(idx)[0]
-        with decode_layout(model):
-            half = model(idx)[0]
-    assert "_decode_half" in model.lm_head.__dict__  # the float16 path ran
+        half = weights.net(idx)[0]
+    assert isinstance(weights.net.lm_head, HalfLinear)  # the float16 path ran
     assert not torch.equal(half, exact)
     if offset and length >= 8:  # the logits really sit far from zero (at some positions: h . u varies)
         assert float(exact.mean(-1).abs().max()) > 30
@@ -144,20 +129,19 @@ def test_a_float16_overflow_redoes_the_step_exactly():
     with torch.no_grad():
         model.blocks[0].norm2.weight.fill_(1e5)  # FFN inputs beyond float16's 65504
     idx = torch.tensor([[5, 6, 7]])
-    with torch.no_grad(), decode_layout(model):
-        assert not bool(model(idx)[0].isfinite().all())  # the float16 path alone overflows
     with torch.no_grad():
+        assert not bool(DecodeWeights.build(model).net(idx)[0].isfinite().all())  # the float16 path alone overflows
         assert bool(model(idx)[0].isfinite().all())
-    ours = model.generate(idx, max_new_tokens=20, temperature=0)
-    assert torch.equal(ours, model.generate(idx, max_new_tokens=20, temperature=0, exact=True))
+    ours = generate(model, idx, max_new_tokens=20, temperature=0)
+    assert torch.equal(ours, generate(model, idx, max_new_tokens=20, temperature=0, exact=True))
 
 
 def test_interleaved_exact_and_float16_streams_do_not_mix():
     model = wide_model(10.0)
     idx = torch.tensor([[1, 2]])
-    alone = model.generate(idx, max_new_tokens=30, temperature=0, exact=True)
-    exact = model.generate_stream(idx, 30, temperature=0, exact=True)
-    half = model.generate_stream(idx, 30, temperature=0)
+    alone = generate(model, idx, max_new_tokens=30, temperature=0, exact=True)
+    exact = stream(model, idx, max_new_tokens=30, temperature=0, exact=True)
+    half = stream(model, idx, max_new_tokens=30, temperature=0)
     together = []
     for a, _ in zip(exact, half):  # one thread, the two generators taking turns
         together.append(a)
@@ -202,24 +186,27 @@ def test_same_generator_seed_same_draws():
     assert torch.equal(a, b)
 
 
-def test_generating_from_several_threads_at_once_restores_the_plain_forward():
+def test_threads_sharing_one_set_of_decode_weights_each_get_their_own_sample():
+    """The server's way: one `DecodeWeights` for every request, generations in several threads."""
     import threading
 
-    model = small_model()
+    model = wide_model()
+    weights = DecodeWeights.build(model)
     idx = torch.randint(0, 1000, (1, 3))
-    outs = []
+    outs: dict[int, torch.Tensor] = {}
 
     def run(seed: int) -> None:
-        outs.append(model.generate(idx, max_new_tokens=40, seed=seed))
+        outs[seed] = generate(model, idx, max_new_tokens=40, seed=seed, weights=weights)
 
     threads = [threading.Thread(target=run, args=(s,)) for s in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(outs) == 6 and all(o.shape == (1, 43) for o in outs)
-    assert not any("forward" in m.__dict__ for m in model.modules())
-    assert all(m.__dict__.get("_decode_users", 0) == 0 for m in model.modules())
+    assert sorted(outs) == list(range(6))
+    for seed, out in outs.items():  # each as if it had run alone
+        assert torch.equal(out, generate(model, idx, max_new_tokens=40, seed=seed))
+    assert len({tuple(o[0].tolist()) for o in outs.values()}) > 1
 
 
 def test_generated_tokens_can_feed_training():
@@ -227,10 +214,10 @@ def test_generated_tokens_can_feed_training():
     (inference tensors cannot be saved for backward)."""
     model = wide_model().train()
     idx = torch.tensor([[1, 2, 3]])
-    streamed = list(model.generate_stream(idx, 4, seed=0))
-    out = model.generate(idx, max_new_tokens=4, seed=0)
+    streamed = list(stream(model, idx, max_new_tokens=4, seed=0))
+    out = generate(model, idx, max_new_tokens=4, seed=0)
     assert not any(t.is_inference() for t in [*streamed, out])
     _, loss = model(out[:, :-1], out[:, 1:])
     loss.backward()
-    assert model.lm_head.weight.grad is not None
-    assert model.training  # the model's mode is given back
+    assert float(model.lm_head.weight.grad.abs().sum()) > 0
+    assert model.training  # generation leaves the model's mode alone

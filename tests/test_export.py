@@ -15,6 +15,7 @@ from psyduck import PsyDuckError, load_run
 from psyduck.checkpoint import list_checkpoints, read_run_config, save_checkpoint, write_json_atomic
 from psyduck.config import Config, DataConfig, ModelConfig
 from psyduck.export import export, export_hf
+from psyduck.generate import generate
 from psyduck.model import GPT, sinusoidal_positions
 from psyduck.tokenizer import EOT, Tokenizer, cl100k_base, load_tokenizer
 
@@ -60,7 +61,7 @@ HF_CLASS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "Ar
 
 def greedy(model: GPT, hf_model, prompt: list[int], eot: int) -> tuple[list[int], list[int]]:
     x = torch.tensor([prompt])
-    ours = model.generate(x, max_new_tokens=BLOCK - len(prompt), temperature=0, eot_id=eot)[0].tolist()
+    ours = generate(model, x, max_new_tokens=BLOCK - len(prompt), temperature=0, eot_id=eot)[0].tolist()
     theirs = hf_model.generate(
         x, attention_mask=torch.ones_like(x), max_new_tokens=BLOCK - len(prompt), do_sample=False,
         eos_token_id=eot, pad_token_id=eot,

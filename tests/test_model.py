@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from psyduck import GPT, ModelConfig, PsyDuckError, presets
-from psyduck.sampling import sample_next
+from psyduck.generate import GenerationParams, KVCache, generate, stream
+from psyduck.generate.sampling import sample_next
 
 VARIANTS = [
     dict(pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=False, bias=True),
@@ -61,8 +62,24 @@ def test_kv_cache_greedy_equals_recompute(variant, attention):
     model = GPT(small(attention=attention, **variant)).eval()
     prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(3))
     n = model.config.block_size - prompt.shape[1] + 1  # fill the window exactly
-    cached = model.generate(prompt, max_new_tokens=n, temperature=0)
+    cached = generate(model, prompt, max_new_tokens=n, temperature=0)
     assert torch.equal(cached, recompute_greedy(model, prompt, n))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['pos']}-{v['activation']}")
+@pytest.mark.parametrize("attention", ["fast", "teaching"])
+def test_forward_with_a_cache_equals_the_forward_without(variant, attention):
+    """Chunks of 5, 3 and 1 tokens through one cache: each chunk's last logits are the full run's."""
+    torch.manual_seed(0)
+    model = GPT(small(attention=attention, **variant)).eval()
+    idx = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(4))
+    full = model(idx)[0]  # (2, 9, V)
+    cache = KVCache.for_model(model, 2, idx.device, torch.float32)
+    with torch.no_grad():
+        for start, end in [(0, 5), (5, 8), (8, 9)]:
+            logits, loss = model(idx[:, start:end], cache=cache)
+            assert logits.shape == (2, 1, 97) and loss is None and cache.length == end
+            torch.testing.assert_close(logits[:, 0], full[:, end - 1], atol=1e-5, rtol=1e-5)
 
 
 def test_loss_without_logits_equals_full_loss():
@@ -96,7 +113,7 @@ def test_generation_crops_long_prompts_and_keeps_going_past_the_window():
     torch.manual_seed(0)
     model = GPT(small()).eval()
     prompt = torch.randint(0, 97, (1, 40))  # longer than block_size 16
-    out = model.generate(prompt, max_new_tokens=50, temperature=0)
+    out = generate(model, prompt, max_new_tokens=50, temperature=0)
     assert out.shape == (1, 90)
     assert torch.equal(out[:, :40], prompt)
     # the first new token sees exactly the last 16 prompt tokens, as the seed's crop does
@@ -107,10 +124,11 @@ def test_seed_spelling_max_new_token_and_streaming():
     torch.manual_seed(0)
     model = GPT(small()).eval()
     x = torch.tensor([[1, 2, 3]])
-    a = model.generate(x, max_new_token=7, temperature=0.7, top_k=50, seed=5)
-    b = model.generate(x, max_new_tokens=7, temperature=0.7, top_k=50, seed=5)
+    a = generate(model, x, max_new_token=7, temperature=0.7, top_k=50, seed=5)
+    b = generate(model, x, GenerationParams(max_new_tokens=7, temperature=0.7, top_k=50, seed=5))
     assert a.shape == (1, 10) and torch.equal(a, b)
-    streamed = list(model.generate(x, max_new_tokens=7, temperature=0.7, top_k=50, seed=5, stream=True))
+    assert torch.equal(generate(model, x[0], max_new_tokens=7, temperature=0.7, top_k=50, seed=5), a)  # (T,) too
+    streamed = list(stream(model, x, max_new_tokens=7, temperature=0.7, top_k=50, seed=5))
     assert len(streamed) == 7 and all(t.shape == (1,) for t in streamed)
     assert torch.equal(torch.cat(streamed), a[0, 3:])
 
@@ -119,10 +137,19 @@ def test_same_seed_same_sample_and_different_seed_differs():
     torch.manual_seed(0)
     model = GPT(small()).eval()
     x = torch.tensor([[5]])
-    s1 = model.generate(x, 30, temperature=1.0, seed=1)
-    s2 = model.generate(x, 30, temperature=1.0, seed=1)
-    s3 = model.generate(x, 30, temperature=1.0, seed=2)
+    s1 = generate(model, x, max_new_tokens=30, temperature=1.0, seed=1)
+    s2 = generate(model, x, max_new_tokens=30, temperature=1.0, seed=1)
+    s3 = generate(model, x, max_new_tokens=30, temperature=1.0, seed=2)
     assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+
+
+def test_temperature_zero_is_greedy_whatever_the_seed():
+    torch.manual_seed(0)
+    model = GPT(small()).eval()
+    x = torch.tensor([[5, 6]])
+    a = generate(model, x, max_new_tokens=12, temperature=0, seed=1)
+    assert torch.equal(a, generate(model, x, max_new_tokens=12, temperature=0, seed=2))
+    assert torch.equal(a, recompute_greedy(model, x, 12))
 
 
 def test_generation_stops_at_end_of_text():
@@ -131,8 +158,11 @@ def test_generation_stops_at_end_of_text():
     with torch.no_grad():
         model.lm_head.bias.fill_(-100.0)
         model.lm_head.bias[7] = 100.0  # token 7 always wins
-    out = model.generate(torch.tensor([[1, 2]]), max_new_tokens=20, temperature=1.0, eot_id=7)
+    out = generate(model, torch.tensor([[1, 2]]), max_new_tokens=20, temperature=1.0, eot_id=7)
     assert out.tolist() == [[1, 2, 7]]
+    out = generate(model, torch.tensor([[1, 2]]), max_new_tokens=5, temperature=1.0, eot_id=7, ignore_eos=True)
+    assert out.tolist() == [[1, 2, 7, 7, 7, 7, 7]]  # ignore_eos: exactly max_new_tokens
+    assert generate(model, torch.tensor([[1, 2]]), max_new_tokens=0).tolist() == [[1, 2]]
 
 
 def test_top_k_one_and_tiny_top_p_are_greedy():
@@ -169,8 +199,21 @@ def test_sampled_tokens_respect_top_k_and_top_p(k, p, seed):
 def test_impossible_sampling_parameters_are_refused(kwargs, message):
     model = GPT(small())
     with pytest.raises(PsyDuckError) as e:
-        model.generate(torch.tensor([[1]]), **{"max_new_tokens": 5, **kwargs})
+        generate(model, torch.tensor([[1]]), **{"max_new_tokens": 5, **kwargs})
     assert str(e.value) == message
+    with pytest.raises(PsyDuckError) as e:
+        GenerationParams(**kwargs)
+    assert str(e.value) == message
+
+
+def test_generation_params_are_frozen_and_drop_empty_stop_strings():
+    params = GenerationParams(16, 0.7, stop=("", "\n\n"))
+    assert params.stop == ("\n\n",) and params.max_new_tokens == 16
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.temperature = 1.0  # type: ignore[misc]
+    assert params.with_knobs(max_new_token=3) == dataclasses.replace(params, max_new_tokens=3)
+    with pytest.raises(PsyDuckError, match="at least one prompt token"):
+        generate(GPT(small()), torch.zeros(1, 0, dtype=torch.long))
 
 
 @pytest.mark.parametrize(

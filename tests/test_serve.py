@@ -30,7 +30,7 @@ from psyduck.serve.errors import ApiError
 from psyduck.serve.prompts import encode_prompts
 from psyduck.serve.schemas import CompletionRequest
 from psyduck.serve.state import ServeState
-from psyduck.serve.engine import TextStream
+from psyduck.generate import TextStream
 
 RUN_NAME = "tiny-run"
 CHROMIUM = Path("/usr/bin/chromium")

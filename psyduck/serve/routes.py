@@ -37,7 +37,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from psyduck.errors import PsyDuckError
-from psyduck.serve.engine import Choice, ClientGone, Delta, Overloaded, SamplingParams, generate
+from psyduck.generate import GenerationParams
+from psyduck.serve.engine import Choice, ClientGone, Delta, Overloaded, generate
 from psyduck.serve.errors import ApiError, error_body
 from psyduck.serve.prompts import encode_prompts
 from psyduck.serve.schemas import (
@@ -122,7 +123,7 @@ async def info(state: State) -> Info:
 
 # -- completions ------------------------------------------------------------------------------
 
-def sampling_params(state: ServeState, body: CompletionRequest) -> SamplingParams:
+def sampling_params(state: ServeState, body: CompletionRequest) -> GenerationParams:
     """Check what the schema cannot (the server's cap) and fill in the defaults."""
     max_tokens = min(16, state.max_tokens_cap) if body.max_tokens is None else body.max_tokens
     if max_tokens > state.max_tokens_cap:
@@ -134,8 +135,8 @@ def sampling_params(state: ServeState, body: CompletionRequest) -> SamplingParam
     top_k = body.top_k if body.top_k is not None and body.top_k > 0 else None
     top_p = body.top_p if body.top_p is not None and body.top_p < 1 else None
     temperature = 1.0 if body.temperature is None else body.temperature
-    return SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=body.seed, stop=stop,
+    return GenerationParams(
+        max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=body.seed, stop=stop,
         ignore_eos=bool(body.ignore_eos),
     )
 
@@ -201,7 +202,7 @@ async def chat_completions() -> Response:
 
 
 async def start(
-    request: Request, state: ServeState, prompts: list[list[int]], n: int, params: SamplingParams,
+    request: Request, state: ServeState, prompts: list[list[int]], n: int, params: GenerationParams,
     on_step: Callable[[list[Delta]], None] | None = None,
 ) -> tuple[Future, threading.Event]:
     """Wait for a slot, then generate in a worker thread; the slot is given back when the worker ends."""
@@ -221,7 +222,9 @@ async def start(
         state.slots.release()
 
     try:
-        future = state.workers().submit(generate, state.model, state.tok, prompts, n, params, cancel, on_step)
+        future = state.workers().submit(
+            generate, state.model, state.tok, prompts, n, params, cancel, on_step, weights=state.weights
+        )
     except BaseException:
         finish()
         raise
@@ -230,7 +233,7 @@ async def start(
 
 
 async def complete(
-    request: Request, state: ServeState, prompts: list[list[int]], n: int, params: SamplingParams, reply: Reply,
+    request: Request, state: ServeState, prompts: list[list[int]], n: int, params: GenerationParams, reply: Reply,
 ) -> Response:
     """A whole response at once; generation stops if the client hangs up while it waits (499)."""
     try:
@@ -254,7 +257,7 @@ async def complete(
 
 
 async def stream(
-    request: Request, state: ServeState, prompts: list[list[int]], n: int, params: SamplingParams, reply: Reply,
+    request: Request, state: ServeState, prompts: list[list[int]], n: int, params: GenerationParams, reply: Reply,
     include_usage: bool,
 ) -> Response:
     """Server-sent events: one per generated token (its text may be empty while a multi-byte

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from psyduck.errors import PsyDuckError
+from psyduck.generate import DecodeWeights
 from psyduck.serve.engine import Slots
 from psyduck.tokenizer import Tokenizer
 
@@ -41,10 +44,13 @@ class ServeState:
     created: int = field(init=False, default_factory=lambda: int(time.time()))
     executor: ThreadPoolExecutor | None = field(init=False, default=None)  # made on first use
     token_chars: int = field(init=False)  # the most characters one token stands for (prompts.py)
+    weights: DecodeWeights | None = field(init=False, default=None)  # the CPU decode copies, built once
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.max_concurrency, self.max_queue)
         self.token_chars = longest_token(self.tok)
+        if isinstance(self.model, torch.nn.Module):  # a test's stand-in model never generates
+            self.weights = DecodeWeights.build(self.model)
 
     @property
     def run_name(self) -> str | None:

@@ -33,6 +33,7 @@ from psyduck.checkpoint import latest_checkpoint, list_checkpoints, load_weights
 from psyduck.config import Config
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
+from psyduck.generate import GenerationParams, stream_text
 from psyduck.losses import use_fused_loss
 from psyduck.model import GPT
 from psyduck.tokenizer import Tokenizer, load_tokenizer
@@ -181,13 +182,9 @@ class Trainer:
 
     def sample(self) -> str:
         """A short continuation of SAMPLE_PROMPT, seeded, so samples.txt shows the same draw improving."""
+        params = GenerationParams(self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.cfg.train.seed)
         ids = self.tokenizer.encode(SAMPLE_PROMPT)
-        x = torch.tensor([ids], device=self.device)
-        out = self.model.generate(
-            x, max_new_tokens=self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.cfg.train.seed,
-            eot_id=self.tokenizer.eot_id,
-        )
-        return self.tokenizer.decode([i for i in out[0].tolist() if i != self.tokenizer.eot_id])
+        return SAMPLE_PROMPT + "".join(stream_text(self.model, self.tokenizer, ids, params))
 
     def save(self, reason: str = "eval", val_loss: float | None = None) -> Path:
         """Checkpoint now (rank 0 writes; others wait)."""

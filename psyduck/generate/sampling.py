@@ -13,19 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from psyduck.errors import PsyDuckError
-
-
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """Refuse impossible sampling parameters with a one-line message."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise PsyDuckError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if temperature != temperature or temperature < 0:  # NaN or negative
-        raise PsyDuckError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise PsyDuckError(f"top_k must be a positive integer (or omitted), got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise PsyDuckError(f"top_p must be in (0, 1], got {top_p}")
+from psyduck.generate.params import MIN_TEMPERATURE, MIN_TOP_P
 
 
 def sample_next(
@@ -35,9 +23,9 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """logits (B, V) -> next token ids (B,)."""
+    """logits (B, V) -> next token ids (B,). The knobs are `GenerationParams`' (already checked there)."""
     logits = logits.float()
-    if temperature < 1e-6:  # 0 means greedy; a vanishing temperature would overflow the division
+    if temperature < MIN_TEMPERATURE:  # 0 means greedy; a vanishing temperature would overflow the division
         return logits.argmax(dim=-1)
     if temperature != 1.0:
         logits = logits / temperature
@@ -45,6 +33,7 @@ def sample_next(
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest score
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
+        top_p = max(top_p, MIN_TOP_P)
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
         drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # tokens entirely beyond the nucleus
@@ -60,8 +49,8 @@ def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -
 
     One uniform number u per row, in (0, total]; the token is the first whose running sum reaches
     u, so token i is drawn with probability probs[i] / total, and a token of probability 0 never
-    (its running sum equals the previous one). Same distribution as `torch.multinomial`, which
-    spends ~3 ms per 100,277-token row on a CPU drawing and sorting; this takes ~0.1 ms.
+    (its running sum equals the previous one). Same distribution as `torch.multinomial`, which on
+    CPUs draws and sorts and is many times slower for a vocabulary-wide row (docs/performance.md).
     """
     cdf = probs.cumsum(dim=-1)
     u = (1.0 - torch.rand(probs.shape[0], 1, device=probs.device, generator=generator)) * cdf[:, -1:]

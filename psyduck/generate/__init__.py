@@ -1,0 +1,30 @@
+"""Generation: from a trained model and a prompt to new tokens and text.
+
+    from psyduck.generate import GenerationParams, generate, stream
+    params = GenerationParams(max_new_tokens=100, temperature=0.7, top_k=50)
+    out = generate(model, idx, params)                   # (B, T + n) token ids
+    for token in stream(model, idx, params):             # one (B,) tensor per step
+        ...
+
+The rooms, in the order a token passes them:
+- params: `GenerationParams`, what to generate, checked once where it is made;
+- cache: `KVCache`, every block's keys and values, so each step feeds only the newest token;
+- decode_weights: `DecodeWeights`, the model's twin with weight copies for one-row products on CPUs;
+- sampling: logits -> the next token (temperature, top-k, top-p);
+- loop: `generate` and `stream`, the decode loop with the window roll and the float16 fallback;
+- text: `TextStream` and `stream_text`, ids -> whole characters, cut at stop strings.
+"""
+
+from __future__ import annotations
+
+from psyduck.generate.cache import KVCache, LayerCache
+from psyduck.generate.decode_weights import DecodeWeights
+from psyduck.generate.loop import generate, stream
+from psyduck.generate.params import MIN_TEMPERATURE, MIN_TOP_P, GenerationParams
+from psyduck.generate.sampling import sample_next
+from psyduck.generate.text import TextStream, stream_text
+
+__all__ = [
+    "DecodeWeights", "GenerationParams", "KVCache", "LayerCache", "MIN_TEMPERATURE", "MIN_TOP_P", "TextStream",
+    "generate", "sample_next", "stream", "stream_text",
+]

@@ -1,0 +1,116 @@
+"""Faster one-token steps on CPUs: an explicit twin of the model, with weight copies made for
+multiplying a single row.
+
+Generating feeds one token at a time, so every weight matrix meets one row per step (a
+matrix-vector product), and the step is bound by how fast the weights stream from memory.
+`DecodeWeights.build(model)` makes, once per generation (or once for a server's lifetime), a twin
+of the model: the same modules and the *same* parameter tensors, except that its float32 CPU
+`Linear` layers are swapped for layers that hold copies laid out for that product:
+
+- `HalfLinear` (the default): float16 copies, half the bytes to read. The activations stay
+  float32 and are rounded to float16 only as they enter a product (which accumulates in float32).
+  Only matrices of at least HALF_MIN weights get one; smaller ones stream fast anyway. The output
+  layer's copy has the mean of its rows (and of its bias) subtracted: every logit of a position
+  then moves by the same amount, which the softmax ignores, so float16 rounds only the logits'
+  spread, not a common offset (GPT-2's logits sit far below zero). Next-token probabilities stay
+  within 0.005 total variation of float32's (tests/test_decoding.py). A value beyond float16's range
+  turns into inf; the decode loop then redoes that step with exact weights.
+- `TransposedLinear` (`exact=True`): float32 throughout. `nn.Linear` stores W as (out, in); for
+  one row BLAS then takes `out` short dot products and streams the matrix poorly, so layers with
+  out > in get a transposed (in, out) copy, read as long contiguous runs. Same products, summed in
+  another order (the last bits differ).
+
+The twin runs the model's own `forward` (so it follows every variant the model has), always in
+eval mode; the model itself is not touched, so training can go on and threads can share it. The
+copies are taken when it is built: after the weights change, build again. GPUs (and non-float32
+weights) keep the model's own layers. Timings: docs/performance.md (the "generation" section).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+HALF_MIN = 65_536  # weights: smaller matrices (d_model < 256) stream fast anyway, and the casts would cost more
+_BLOCK = 512  # rows transposed at a time: a cache-sized block is ~2x faster than one big transpose
+
+
+def transposed(weight: torch.Tensor) -> torch.Tensor:
+    """weight.t().contiguous(), built block by block."""
+    out = torch.empty(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
+    for i in range(0, weight.shape[0], _BLOCK):
+        out[:, i : i + _BLOCK].copy_(weight[i : i + _BLOCK].t())
+    return out
+
+
+class HalfLinear(nn.Module):
+    """A Linear layer over float16 copies of (weight, bias); inputs and outputs keep their dtype."""
+
+    def __init__(self, layer: nn.Linear, centred: bool = False) -> None:
+        super().__init__()
+        w, b = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
+        if centred:  # an output layer: round the logits' spread, not their common offset
+            w, b = w - w.mean(0, keepdim=True), None if b is None else b - b.mean()
+        self.register_buffer("weight", w.half(), persistent=False)
+        self.register_buffer("bias", None if b is None else b.half(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.float16), self.weight, self.bias).to(x.dtype)
+
+
+class TransposedLinear(nn.Module):
+    """A Linear layer over a transposed copy of its weight (in, out): x @ W^T + b as x @ Wt + b."""
+
+    def __init__(self, layer: nn.Linear) -> None:
+        super().__init__()
+        self.register_buffer("weight_t", transposed(layer.weight.detach()), persistent=False)
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        y = torch.addmm(self.bias, rows, self.weight_t) if self.bias is not None else rows @ self.weight_t
+        return y.view(*x.shape[:-1], self.weight_t.shape[1])
+
+
+def decode_layer(layer: nn.Linear, exact: bool, output: bool) -> nn.Module:
+    """The layer to decode with in place of `layer`: a copy-holding one, or `layer` itself."""
+    w = layer.weight
+    if w.device.type != "cpu" or w.dtype != torch.float32:
+        return layer  # GPUs and low-precision weights: the model's own layout
+    if not exact and w.numel() >= HALF_MIN:
+        return HalfLinear(layer, centred=output)
+    if layer.out_features > layer.in_features:  # wide: the transposed copy streams better
+        return TransposedLinear(layer)
+    return layer
+
+
+@dataclass(frozen=True)
+class DecodeWeights:
+    """The model to decode with (`net`: a twin, eval mode) and whether it holds float16 copies."""
+
+    net: nn.Module
+    exact: bool
+    half: bool  # some products are float16: a step's logits must be checked for overflow
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: nn.Module, exact: bool = False) -> DecodeWeights:
+        """A twin of `model` sharing every parameter and buffer, with its CPU Linear layers swapped.
+
+        Copying the module tree is cheap; the weight copies cost a pass over every weight (for
+        seed-60m, a good part of a second on a small CPU): build once per generation, or once and
+        pass it to many (`generate(..., weights=)`).
+        """
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        net = copy.deepcopy(model, memo=shared).eval()  # new modules, the same tensors
+        output = getattr(net, "lm_head", None)
+        for parent in list(net.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, decode_layer(child, exact, output=child is output))
+        half = any(isinstance(m, HalfLinear) for m in net.modules())
+        return cls(net, exact, half)
