@@ -606,7 +606,7 @@ def test_sampling_params_fill_defaults_and_apply_the_cap():
 
     def fields(**body):
         p = routes.sampling_params(state, CompletionRequest(prompt="x", **body))
-        return p.max_tokens, p.temperature, p.top_k, p.top_p, p.seed, p.stop, p.ignore_eos
+        return p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed, p.stop, p.ignore_eos
 
     assert fields() == (8, 1.0, None, None, None, (), False)  # default 16, but the cap is lower
     assert fields(max_tokens=3, temperature=0, top_k=5, top_p=0.5, seed=4, stop="\n", ignore_eos=True) == (
