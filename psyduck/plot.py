@@ -6,23 +6,9 @@ compares runs with different batch sizes fairly).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The evaluation records of a metrics.jsonl file (lines that are not complete JSON are skipped)."""
-    rows = []
-    p = Path(path)
-    if not p.is_file():
-        return rows
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written while we read
-    return rows
+from psyduck.io import atomic_path, read_jsonl
 
 
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
@@ -30,7 +16,7 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in a worker thread
 
-    rows = [r for r in read_metrics(metrics_path) if "val_loss" in r]
+    rows = [r for r in read_jsonl(metrics_path) if "val_loss" in r]
     fig = Figure(figsize=(11, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
@@ -46,9 +32,8 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     if title:
         fig.suptitle(title)
     out = Path(out_png)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")  # the temporary name has no .png to infer it from
     return out
 
 

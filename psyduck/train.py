@@ -13,7 +13,7 @@ What makes it dependable:
 - exact resume: a checkpoint holds the weights, AdamW's moments, the step, and every random state
   (python, numpy, torch, the batch sampler), so a killed run resumed from it takes bit-for-bit the
   same steps as one that never stopped;
-- atomic, bounded checkpoints (see checkpoint.py): the last K and the best by val loss;
+- atomic, bounded checkpoints (see runs.py): the last K and the best by val loss;
 - a NaN or inf loss stops the run naming the step and the last good checkpoint (or skips the step
   with `on_nan=skip`); weights with NaN are never saved;
 - Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that resumes;
@@ -41,17 +41,9 @@ import torch
 import torch.distributed as dist
 
 from psyduck import hardware
-from psyduck.checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_weights,
-    optimizer_from_flat,
-    read_run_config,
-    read_state,
-    save_checkpoint,
-    unwrap,
-    write_json_atomic,
-)
+from psyduck.io import keep_jsonl_rows, write_json_atomic
+from psyduck.runs import latest_checkpoint, list_checkpoints, read_run_config, read_state, save_checkpoint
+from psyduck.state_dicts import load_weights, optimizer_from_flat
 from psyduck.config import Config, TrainConfig
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
@@ -322,12 +314,8 @@ class Trainer:
             n = state["rng_numpy"]
             np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
         # metrics written after this checkpoint belong to a future that did not happen
-        metrics = self.out / "metrics.jsonl"
-        if metrics.exists() and self.dist.main:
-            keep = [line for line in metrics.read_text(encoding="utf-8").splitlines() if _line_step(line) <= self.step]
-            tmp = metrics.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-            os.replace(tmp, metrics)
+        if self.dist.main:
+            keep_jsonl_rows(self.out / "metrics.jsonl", lambda row: int(row.get("step", 0)) <= self.step)
         self.log(f"resuming from {ckpt} (step {self.step})")
 
     def write_metrics(self, row: dict[str, Any]) -> None:
@@ -619,10 +607,3 @@ def _tuplify(obj: Any) -> Any:
     if isinstance(obj, list):
         return tuple(_tuplify(o) for o in obj)
     return obj
-
-
-def _line_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, ValueError):
-        return 1 << 62  # a torn line is dropped

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psyduck.checkpoint import load_run
+from psyduck.runs import load_run
 from psyduck.config import ModelConfig
 from psyduck.losses import chunked_cross_entropy
 from psyduck.model import GPT, MultiHeadAttention

@@ -48,6 +48,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from psyduck.errors import PsyDuckError
+from psyduck.io import read_jsonl
 from psyduck.serve.engine import Choice, ClientGone, Overloaded, SamplingParams, Slots, generate
 
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -286,7 +287,7 @@ def create_app(
     if model is None:
         if run is None:
             raise PsyDuckError("create_app needs a run folder or a model and tokenizer")
-        from psyduck.checkpoint import load_run
+        from psyduck.runs import load_run
 
         model, tokenizer = load_run(run, device=device, checkpoint=checkpoint)
     elif tokenizer is None:
@@ -532,20 +533,11 @@ def create_app(
         if state.run_dir is None or name != state.run_name:
             raise ApiError(404, f"no run named {name!r} here; this server serves {state.run_name!r}", param="name", code="run_not_found")
         path = state.run_dir / "metrics.jsonl"
-        rows, updated = [], None
         try:
             updated = path.stat().st_mtime
-            text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
-            text = ""  # no evaluation yet
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the line being written right now
-            if isinstance(row, dict):
-                rows.append(finite(row))
-        return RunMetrics(run=name, rows=rows, updated=updated)
+            updated = None  # no evaluation yet
+        return RunMetrics(run=name, rows=[finite(row) for row in read_jsonl(path)], updated=updated)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
