@@ -304,6 +304,8 @@ def test_import_hf_generates_like_transformers_and_keeps_training(gpt2_folder, c
     result = train(cfg, run, resume=True, progress=False)
     assert result["step"] == 3 and math.isfinite(result["val_loss"])
     assert list_checkpoints(run)[-1].name == "step_0000003"
+    assert main(["eval", str(run), "--data", str(data), "--max-batches", "1", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith(f"weights imported from {source['model']} ({source['folder']}) on ")
 
 
 def test_import_hf_reads_pytorch_model_bin_too(gpt2_folder, tmp_path):
