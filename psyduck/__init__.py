@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GPT": "psyduck.model",
     "GenerationParams": "psyduck.generate",
-    "load_run": "psyduck.checkpoint",
+    "load_run": "psyduck.runs",
     "train": "psyduck.train",
     "Trainer": "psyduck.train",
     "prepare": "psyduck.data.prepare",

@@ -38,7 +38,7 @@ TRAIN_FLAGS = {
 
 def build_config(args: argparse.Namespace):
     """Preset (or a resumed run's saved config), then --config TOML, then flags, then key=value."""
-    from psyduck.checkpoint import read_run_config
+    from psyduck.runs import read_run_config
     from psyduck.config import apply_overrides, get_preset, load_toml
 
     if args.resume and args.out and (Path(args.out) / "config.json").exists() and not args.preset:
@@ -73,8 +73,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from psyduck.checkpoint import load_run
     from psyduck.generate import GenerationParams, stream_text
+    from psyduck.runs import load_run
     from psyduck.hardware import pick_device
 
     params = GenerationParams(  # checked before the model loads
@@ -91,13 +91,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from psyduck.checkpoint import load_run, read_run_config
     from psyduck.data.loader import TokenData
     from psyduck.evaluate import evaluate
     from psyduck.hardware import pick_device
+    from psyduck.runs import RunFolder, load_run
 
     device = pick_device(args.device)
-    cfg = read_run_config(args.run)
+    run = RunFolder(args.run)
+    cfg = run.config()
     model, tok = load_run(args.run, device=device, checkpoint=args.checkpoint)
     data = TokenData(args.data or cfg.data.path)
     data.check_tokenizer(tok)
@@ -105,9 +106,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
         model, data, args.split, batch_size=args.batch_size, max_batches=args.max_batches, stride=args.stride,
         word_perplexity=args.word_perplexity,
     )
+    source = run.source()  # an imported run: say whose weights these are
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps({**res, "source": source} if source else res))
         return
+    if source:
+        print(f"weights imported from {source.get('model')} ({source.get('folder')}) on {source.get('date')}")
     line = (
         f"{args.split}: loss {res['loss']:.4f} nats/token, perplexity {res['perplexity']:.2f}, "
         f"{res['bits_per_byte']:.4f} bits/byte over {res['tokens']:,} tokens"
@@ -178,7 +182,7 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--exact", action="store_true",
                    help="multiply in float32 (on CPUs the default uses float16 weight copies: ~1.2x faster, "
                         "next-token probabilities within 0.005 total variation)")
-    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
+    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest loadable)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_generate)
 
@@ -203,7 +207,7 @@ def make_parser() -> argparse.ArgumentParser:
         "numbers (GPT-2 small zero-shot 37.5, Transformer-XL 24.0); words = whitespace-separated tokens "
         "of each original line + 1 end-of-line per line (WikiText-103 test: 245,569)",
     )
-    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
+    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest loadable)")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)

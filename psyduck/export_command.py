@@ -4,16 +4,18 @@
     psyduck export runs/demo --format gguf --out exports/demo.gguf
     psyduck import-hf path/to/gpt2-folder --out runs/imported
 
-The work lives in psyduck/export.py and psyduck/hf_import.py, imported only when a command runs.
+The work lives in psyduck/interop/, imported only when a command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from psyduck.interop import FORMATS
+
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from psyduck.export import export
+    from psyduck.interop import export
 
     out = export(args.run, args.format, args.out, checkpoint=args.checkpoint)
     print(f"exported {args.run} ({args.format}) -> {out}")
@@ -22,7 +24,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_import_hf(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from psyduck.hf_import import import_hf
+    from psyduck.interop.hf_import import import_hf
 
     out = args.out or f"runs/{Path(args.folder).resolve().name}"
     run = import_hf(args.folder, out)
@@ -37,9 +39,9 @@ def cmd_import_hf(args: argparse.Namespace) -> None:
 def register(subparsers) -> None:
     s = subparsers.add_parser("export", help="write a run as a Hugging Face folder or a GGUF file")
     s.add_argument("run", help="a run folder written by `psyduck train`")
-    s.add_argument("--format", choices=("hf", "gguf"), default="hf", help="hf (transformers folder, default) or gguf")
+    s.add_argument("--format", choices=FORMATS, default="hf", help="hf (transformers folder, default) or gguf")
     s.add_argument("--out", help="output folder (hf) or .gguf file (default exports/<run>-hf or exports/<run>.gguf)")
-    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
+    s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest loadable)")
     s.set_defaults(func=cmd_export)
 
     s = subparsers.add_parser("import-hf", help="turn a GPT-2-style transformers folder into a run")

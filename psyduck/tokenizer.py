@@ -31,9 +31,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from psyduck.errors import PsyDuckError
+from psyduck.io import write_text_atomic
 
 EOT = "<|endoftext|>"  # the end-of-text marker, shared by both backends
 CL100K = "cl100k_base"
@@ -78,6 +79,32 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+
+    @classmethod
+    def from_hf(cls, hf: tokenizers.Tokenizer) -> Tokenizer:
+        """Wrap a Hugging Face byte-level BPE (e.g. an imported model's); its vocabulary size names it (bpe-<N>)."""
+        eot_id = hf.token_to_id(EOT)
+        if eot_id is None:
+            raise PsyDuckError(f"the BPE tokenizer has no {EOT} token; train it with psyduck (train_bpe)")
+        vocab_size = hf.get_vocab_size(with_added_tokens=True)
+        return cls(f"bpe-{vocab_size}", vocab_size, eot_id, hf=hf)
+
+    def tiktoken_parts(self) -> TiktokenParts | None:
+        """What defines a tiktoken encoding (ranks, special tokens, split regex); None for a trained BPE.
+
+        An exporter needs exactly these to rewrite cl100k_base as another library's BPE file.
+        """
+        if self._encoding is None:
+            return None
+        enc = self._encoding
+        specials = {name: enc.encode_single_token(name) for name in enc.special_tokens_set}
+        special_ids = set(specials.values())
+        ranks = {}
+        for i in range(enc.n_vocab):
+            if i not in special_ids and _defined(enc, i):
+                ranks[enc.decode_single_token_bytes(i)] = i
+        # tiktoken keeps the split regex only in a private field; this is the one place that reads it
+        return TiktokenParts(ranks=ranks, special_tokens=specials, pattern=enc._pat_str)
 
     def encode(self, text: str) -> list[int]:
         """Ids of ordinary text (special-token text is encoded as plain characters)."""
@@ -137,9 +164,16 @@ class Tokenizer:
         """Write folder/tokenizer.json atomically (creating the folder); `load_tokenizer` reads it back."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".tokenizer.json.tmp"
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, folder / "tokenizer.json")
+        write_text_atomic(folder / "tokenizer.json", self.to_json())
+
+
+@dataclass(frozen=True)
+class TiktokenParts:
+    """A tiktoken encoding spelled out: byte strings and their ranks (= ids), special tokens, split regex."""
+
+    ranks: dict[bytes, int]
+    special_tokens: dict[str, int]
+    pattern: str
 
 
 def _tiktoken_array(encoding: tiktoken.Encoding, text: str) -> np.ndarray:
@@ -189,15 +223,6 @@ def cl100k_base() -> Tokenizer:
     return Tokenizer(CL100K, enc.n_vocab, enc.eot_token, encoding=enc)
 
 
-def _from_hf(hf: tokenizers.Tokenizer) -> Tokenizer:
-    """Wrap a Hugging Face byte-level BPE; its vocabulary size names it (bpe-<N>)."""
-    eot_id = hf.token_to_id(EOT)
-    if eot_id is None:
-        raise PsyDuckError(f"the BPE tokenizer has no {EOT} token; train it with psyduck (train_bpe)")
-    vocab_size = hf.get_vocab_size(with_added_tokens=True)
-    return Tokenizer(f"bpe-{vocab_size}", vocab_size, eot_id, hf=hf)
-
-
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Learn a byte-level BPE with exactly `vocab_size` ids from `texts` (deterministic).
 
@@ -223,7 +248,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
             f"the text is too small to learn bpe-{vocab_size}: it yields only {learned} tokens; "
             f"use more text or --tokenizer bpe-{learned}"
         )
-    return _from_hf(hf)
+    return Tokenizer.from_hf(hf)
 
 
 def bpe_vocab_size(spec: str) -> int | None:
@@ -267,4 +292,4 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         hf = tokenizers.Tokenizer.from_str(text)
     except Exception as e:  # the Rust side raises plain Exception
         raise PsyDuckError(f"tokenizer file {path} is corrupt ({e}); {fix}") from None
-    return _from_hf(hf)
+    return Tokenizer.from_hf(hf)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from psyduck.cli import main
-from psyduck.checkpoint import list_checkpoints
+from psyduck.runs import list_checkpoints
 
 from conftest import run_cli
 
@@ -55,7 +55,7 @@ def test_stream_text_is_the_decoded_continuation_cut_at_stop_strings(trained_run
 
     import torch
 
-    from psyduck.checkpoint import load_run
+    from psyduck.runs import load_run
     from psyduck.generate import GenerationParams, generate, stream_text
 
     model, tok = load_run(trained_run)
@@ -152,7 +152,8 @@ def test_truncated_checkpoint(capsys, trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     weights = list_checkpoints(run)[-1] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:5000])
-    msg = error_of(capsys, ["generate", str(run), "--prompt", "Hi"])
+    # named on purpose, a damaged checkpoint is an error (by default the previous one is used: test_runs.py)
+    msg = error_of(capsys, ["generate", str(run), "--prompt", "Hi", "--checkpoint", str(weights.parent)])
     assert msg.startswith(f"checkpoint {weights} is damaged or truncated (")
     assert msg.endswith("); resume from an earlier checkpoint")
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from psyduck.checkpoint import load_run
+from psyduck.runs import load_run
 from psyduck.config import ModelConfig
 from psyduck.generate import generate
 from psyduck.losses import chunked_cross_entropy
@@ -68,7 +68,7 @@ def test_compiled_training_matches_eager(tiny_cfg, tmp_path):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=2e-2)
     from safetensors import safe_open
 
-    from psyduck.checkpoint import list_checkpoints
+    from psyduck.runs import list_checkpoints
 
     with safe_open(str(list_checkpoints(tmp_path / "compiled")[-1] / "model.safetensors"), "pt") as f:
         assert f.keys() and not any(k.startswith("_orig_mod.") for k in f.keys())  # saved as the bare model

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from psyduck import PsyDuckError, load_run
-from psyduck.checkpoint import list_checkpoints, read_run_config, save_checkpoint, write_json_atomic
+from psyduck.io import write_json_atomic
+from psyduck.runs import RunFolder, list_checkpoints, read_run_config, save_checkpoint
 from psyduck.config import Config, DataConfig, ModelConfig
-from psyduck.export import export, export_hf
+from psyduck.interop import export
+from psyduck.interop.hf_export import export_hf
 from psyduck.generate import generate
 from psyduck.model import GPT, sinusoidal_positions
 from psyduck.tokenizer import EOT, Tokenizer, cl100k_base, load_tokenizer
@@ -206,10 +208,27 @@ def test_gguf_holds_every_tensor_and_the_metadata(kind, bpe, tmp_path):
     assert f["tokenizer.ggml.bos_token_id"] == f["tokenizer.ggml.eos_token_id"] == bpe.eot_id
 
 
+def test_one_gpt2_name_table_reads_both_ways():
+    from psyduck.interop.gpt2_names import expected_gpt2_names, hf_name, psyduck_name
+
+    names = expected_gpt2_names(n_layer=2, tied=False)
+    assert len(names) == 2 + 2 * 12 + 2 + 1  # wte, wpe; 6 modules x (weight, bias) per layer; ln_f; lm_head
+    assert hf_name("blk.1.attn_qkv.weight") == ("transformer.h.1.attn.c_attn.weight", True)
+    assert hf_name("output_norm.bias") == ("transformer.ln_f.bias", False)
+    assert psyduck_name("transformer.h.1.attn.c_attn.weight") == ("blocks.1.attn.qkv.weight", True)
+    assert psyduck_name("h.0.mlp.c_fc.bias") == ("blocks.0.ffn.up.bias", False)  # no prefix: old checkpoints
+    assert psyduck_name("lm_head.weight") == ("lm_head.weight", False)
+    assert psyduck_name("h.0.attn.bias") is None  # a causal-mask buffer, not a weight
+    model = GPT(ModelConfig(vocab_size=64, block_size=8, d_model=16, n_layer=2, n_head=2, tie_embeddings=False,
+                            pos="learned", norm="layernorm", activation="gelu", bias=True))
+    ours = {psyduck_name(n)[0] for n in names}
+    assert ours == set(model.state_dict()) - {"lm_head.bias"}  # every weight GPT-2 has, named once
+
+
 def test_llama_permutation_keeps_attention_scores_under_llama_cpp_rope():
     """llama.cpp rotates adjacent pairs (2j, 2j+1); Hugging Face and PsyDuck rotate (j, j + hs/2).
     With q/k rows permuted as in the GGUF file, both give the same q·k for every pair of positions."""
-    from psyduck.export import llama_permute
+    from psyduck.interop.gguf_export import llama_permute
     from psyduck.model import apply_rope, rope_tables
 
     torch.manual_seed(0)
@@ -264,6 +283,9 @@ def test_import_hf_generates_like_transformers_and_keeps_training(gpt2_folder, c
     run = tmp_path / "imported"
     assert main(["import-hf", str(gpt2_folder), "--out", str(run)]) == 0
     assert "imported" in capsys.readouterr().out
+    source = RunFolder(run).source()  # the run says where its weights came from
+    assert source is not None and source["folder"] == str(gpt2_folder.resolve())
+    assert source["importer"].endswith("import-hf") and source["architecture"] == "GPT2LMHeadModel"
     model, tok = load_run(run)
     hf = transformers.AutoModelForCausalLM.from_pretrained(gpt2_folder).eval()
     hf_tok = transformers.AutoTokenizer.from_pretrained(gpt2_folder)
@@ -283,12 +305,14 @@ def test_import_hf_generates_like_transformers_and_keeps_training(gpt2_folder, c
     result = train(cfg, run, resume=True, progress=False)
     assert result["step"] == 3 and math.isfinite(result["val_loss"])
     assert list_checkpoints(run)[-1].name == "step_0000003"
+    assert main(["eval", str(run), "--data", str(data), "--max-batches", "1", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith(f"weights imported from {source['model']} ({source['folder']}) on ")
 
 
 def test_import_hf_reads_pytorch_model_bin_too(gpt2_folder, tmp_path):
     from safetensors.torch import load_file
 
-    from psyduck.hf_import import import_hf
+    from psyduck.interop.hf_import import import_hf
 
     legacy = tmp_path / "legacy"
     shutil.copytree(gpt2_folder, legacy)
@@ -346,7 +370,7 @@ def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):
 
 
 def test_import_hf_refuses_folders_that_are_not_gpt2(gpt2_folder, tmp_path):
-    from psyduck.hf_import import import_hf
+    from psyduck.interop.hf_import import import_hf
 
     def error(folder: Path) -> str:
         with pytest.raises(PsyDuckError) as e:

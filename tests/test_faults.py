@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from psyduck.checkpoint import is_loadable, latest_checkpoint, list_checkpoints
+from psyduck.runs import is_loadable, latest_checkpoint, list_checkpoints
 
 from conftest import REPO, metrics, run_cli
 
@@ -23,7 +23,7 @@ from conftest import REPO, metrics, run_cli
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    import psyduck.checkpoint as ck
+    import psyduck.runs as runs
     from psyduck.config import load_config_json
     from psyduck.train import train
 
@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
         os.kill(os.getpid(), signal.SIGKILL)
 
     saves = {"n": 0}
-    real_save_file, real_replace = ck.save_file, ck.os.replace
+    real_save_file, real_replace = runs.save_file, os.replace
 
     def save_file(tensors, path, *a, **k):
         saves["n"] += 1
@@ -55,14 +55,14 @@ CHILD = textwrap.dedent(
         if mode == "after" and os.path.basename(str(dst)).startswith("step_") and saves["n"] == 2 * when:
             die()
 
-    ck.save_file, ck.os.replace = save_file, replace
+    runs.save_file, os.replace = save_file, replace  # os.replace: psyduck.io's atomic rename
     train(load_config_json(cfg_path), out, progress=False)
     """
 )
 
 
 def write_cfg(cfg, path: Path) -> Path:
-    from psyduck.checkpoint import write_json_atomic
+    from psyduck.io import write_json_atomic
 
     write_json_atomic(path, cfg.to_dict())
     return path
@@ -122,7 +122,8 @@ def test_damaged_newest_checkpoint_is_skipped_on_resume(fault_cfg, tmp_path):
     newest.write_bytes(newest.read_bytes()[:1000])  # a disk that lost the end of the file
     resumed = run_cli("train", "--out", str(out), "--resume", "--no-progress", "max_iters=30")
     assert resumed.returncode == 0, resumed.stderr
-    assert f"skipping damaged checkpoint {out / 'checkpoints' / 'step_0000020'}" in resumed.stderr
+    assert f"skipped damaged checkpoint {out / 'checkpoints' / 'step_0000020'} (model.safetensors: " in resumed.stderr
+    assert "; using step_0000010\n" in resumed.stderr
     assert f"resuming from {out / 'checkpoints' / 'step_0000010'} (step 10)" in resumed.stderr
 
 

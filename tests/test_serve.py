@@ -69,7 +69,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(run_dir):
-    from psyduck.checkpoint import load_run
+    from psyduck.runs import load_run
 
     return load_run(run_dir)
 

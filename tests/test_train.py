@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from psyduck import GPT, PsyDuckError, load_run
-from psyduck.checkpoint import list_checkpoints, load_weights, save_checkpoint
+from psyduck.runs import list_checkpoints, save_checkpoint
+from psyduck.state_dicts import load_weights
 from psyduck.config import TrainConfig
 from psyduck.data.loader import TokenData
 from psyduck.train import Trainer, lr_at, train

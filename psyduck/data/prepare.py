@@ -37,7 +37,6 @@ Design choices:
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import sys
@@ -51,6 +50,7 @@ from tqdm import tqdm
 
 from psyduck.data.sources import Document, documents, open_source
 from psyduck.errors import PsyDuckError
+from psyduck.io import write_json_atomic
 from psyduck.tokenizer import Tokenizer, bpe_vocab_size, make_tokenizer
 
 FORMAT = 1  # meta.json format version
@@ -221,13 +221,6 @@ def _clear(out: Path) -> None:
             shard.unlink()
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file, then rename it over `path`: readers see all of it or none."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def prepare(
     source: str,
     tokenizer: str | Tokenizer,
@@ -334,5 +327,5 @@ def prepare(
     }
     if any(w.words is not None for w in writers.values()):
         meta["word_count"] = WORD_COUNT
-    _write_json_atomic(out / "meta.json", meta)
+    write_json_atomic(out / "meta.json", meta)
     return out

@@ -37,6 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from psyduck.errors import PsyDuckError
+from psyduck.io import read_jsonl
 from psyduck.generate import GenerationParams
 from psyduck.serve.engine import Choice, ClientGone, Delta, Overloaded, generate
 from psyduck.serve.errors import ApiError, error_body
@@ -324,24 +325,12 @@ def run_metrics(name: str, state: State) -> RunMetrics:  # a plain def: FastAPI 
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], float | None]:
-    """metrics.jsonl's rows and modification time; ([], None) before the first evaluation.
-
-    The file may be mid-write: a line that is not (yet) JSON is skipped.
-    """
-    rows, updated = [], None
+    """metrics.jsonl's rows (a line still being written is skipped) and its modification time."""
     try:
-        updated = path.stat().st_mtime
-        text = path.read_text(encoding="utf-8", errors="replace")
+        updated: float | None = path.stat().st_mtime
     except OSError:
-        text = ""  # no evaluation yet
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written right now
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows, updated
+        updated = None  # no evaluation yet
+    return read_jsonl(path), updated
 
 
 def finite(v: Any) -> Any:

@@ -99,7 +99,7 @@ def load_state(
     if model is None:
         if run is None:
             raise PsyDuckError("create_app needs a run folder or a model and tokenizer")
-        from psyduck.checkpoint import load_run
+        from psyduck.runs import load_run
 
         model, tokenizer = load_run(run, device=device, checkpoint=checkpoint)
     elif tokenizer is None:

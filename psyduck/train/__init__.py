@@ -21,12 +21,12 @@ from typing import Any
 from psyduck.train.distributed import Distributed
 from psyduck.train.state import capture_rng, restore_rng
 from psyduck.train.step import StepSetup, is_out_of_memory, lr_at, make_optimizer, out_of_memory_advice, train_step
-from psyduck.train.telemetry import ExternalLoggers, plot_loss_curve, read_metrics
+from psyduck.train.telemetry import ExternalLoggers, plot_loss_curve
 from psyduck.train.trainer import Trainer, train
 
 __all__ = [
     "Distributed", "ExternalLoggers", "StepSetup", "Trainer", "capture_rng", "is_out_of_memory", "lr_at",
-    "make_optimizer", "out_of_memory_advice", "plot_loss_curve", "read_metrics", "restore_rng", "train", "train_step",
+    "make_optimizer", "out_of_memory_advice", "plot_loss_curve", "restore_rng", "train", "train_step",
 ]
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from psyduck.checkpoint import load_weights, optimizer_from_flat, read_state, save_checkpoint
+from psyduck.runs import read_state, save_checkpoint
+from psyduck.state_dicts import load_weights, optimizer_from_flat
 
 
 def capture_rng(batch_gen: torch.Generator, device: torch.device) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from psyduck import hardware
 from psyduck.config import Config
 from psyduck.errors import PsyDuckError
+from psyduck.io import atomic_path, keep_jsonl_rows, read_jsonl
 
 # ---------------------------------------------------------------------------------------------
 # Speed
@@ -122,26 +122,13 @@ class RunLog:
 
     def forget_after(self, step: int) -> None:
         """On resume: rows written after the checkpoint belong to a future that did not happen."""
-        if not self.metrics.exists():
-            return
-        lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        keep = [line for line in lines if _line_step(line) <= step]
-        tmp = self.metrics.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        os.replace(tmp, self.metrics)
+        keep_jsonl_rows(self.metrics, lambda row: int(row.get("step", 0)) <= step)
 
     def close(self, draw: bool = True) -> None:
         """Finish the last drawing (with `draw`, once more if an update was skipped) and close the loggers."""
         if draw and self.metrics.exists():
             self.plotter.close(self.metrics, self.png, title=self.out.name)
         self.loggers.close()
-
-
-def _line_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, ValueError):
-        return 1 << 62  # a torn line is dropped
 
 
 class ExternalLoggers:
@@ -191,26 +178,12 @@ class ExternalLoggers:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The evaluation records of a metrics.jsonl file (lines that are not complete JSON are skipped)."""
-    rows: list[dict[str, Any]] = []
-    p = Path(path)
-    if not p.is_file():
-        return rows
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written while we read
-    return rows
-
-
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
     """Draw train/val loss from metrics.jsonl into a PNG, written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in a worker thread
 
-    rows = [r for r in read_metrics(metrics_path) if "val_loss" in r]
+    rows = [r for r in read_jsonl(metrics_path) if "val_loss" in r]
     fig = Figure(figsize=(11, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2)
@@ -226,9 +199,8 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     if title:
         fig.suptitle(title)
     out = Path(out_png)
-    tmp = out.with_name(f".{out.stem}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")  # the temporary name has no .png to infer it from
     return out
 
 

@@ -29,7 +29,9 @@ from typing import Any, Callable
 import torch
 
 from psyduck import hardware
-from psyduck.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_run_config, write_json_atomic
+from psyduck.io import write_json_atomic
+from psyduck.runs import latest_checkpoint, list_checkpoints, read_run_config
+from psyduck.state_dicts import load_weights
 from psyduck.config import Config
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError

@@ -25,11 +25,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from psyduck.config import ModelConfig
 from psyduck.errors import PsyDuckError
+from psyduck.interop.gpt2_names import expected_gpt2_names, psyduck_name
+
+if TYPE_CHECKING:
+    from psyduck.tokenizer import Tokenizer
 
 # GELU written with tanh, which is what PsyDuck's activation="gelu" computes
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -73,10 +78,8 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
     return hf
 
 
-def model_config_from_hf(hf: dict[str, Any]):
+def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """A PsyDuck ModelConfig computing the same function as this GPT-2 config."""
-    from psyduck.config import ModelConfig
-
     return ModelConfig(
         vocab_size=int(hf.get("vocab_size", 50257)),
         block_size=int(hf.get("n_positions", hf.get("n_ctx", 1024))),
@@ -120,50 +123,35 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise _not_gpt2(folder, "no model.safetensors or pytorch_model.bin")
 
 
-def psyduck_state(hf_state: dict[str, torch.Tensor], cfg, folder: Path) -> dict[str, torch.Tensor]:
-    """GPT-2 tensor names and layouts -> PsyDuck's (Conv1D (in, out) weights transposed to (out, in))."""
-    state = {}
-    for name, t in hf_state.items():
-        name = name.removeprefix("transformer.")
-        if name.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old checkpoints
-            continue
-        state[name] = t
+def psyduck_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder: Path) -> dict[str, torch.Tensor]:
+    """GPT-2 tensor names and layouts -> PsyDuck's, through the one name table (gpt2_names)."""
+    names = {name.removeprefix("transformer."): name for name in hf_state}
+    for needed in expected_gpt2_names(cfg.n_layer, cfg.tie_embeddings):
+        if needed.removeprefix("transformer.") not in names:
+            raise _not_gpt2(folder, f"weight {needed.removeprefix('transformer.')} is missing")
     out: dict[str, torch.Tensor] = {}
-
-    def take(name: str, transpose: bool = False) -> torch.Tensor:
-        if name not in state:
-            raise _not_gpt2(folder, f"weight {name} is missing")
-        t = state[name].to(torch.float32)
-        return t.t().contiguous() if transpose else t.contiguous()
-
-    out["tok_emb.weight"] = take("wte.weight")
-    out["pos_emb.weight"] = take("wpe.weight")
-    for i in range(cfg.n_layer):
-        h, b = f"h.{i}.", f"blocks.{i}."
-        for hf_name, ours, transpose in (
-            ("ln_1", "norm1", False), ("attn.c_attn", "attn.qkv", True), ("attn.c_proj", "attn.proj", True),
-            ("ln_2", "norm2", False), ("mlp.c_fc", "ffn.up", True), ("mlp.c_proj", "ffn.down", True),
-        ):
-            out[f"{b}{ours}.weight"] = take(f"{h}{hf_name}.weight", transpose)
-            out[f"{b}{ours}.bias"] = take(f"{h}{hf_name}.bias")
-    out["norm.weight"] = take("ln_f.weight")
-    out["norm.bias"] = take("ln_f.bias")
+    for name, t in hf_state.items():
+        mapped = psyduck_name(name)
+        if mapped is None:  # causal-mask buffers of old checkpoints, and anything PsyDuck has no use for
+            continue
+        ours, transpose = mapped
+        if ours.startswith("lm_head.") and cfg.tie_embeddings:
+            continue  # the same matrix as the token embedding
+        t = t.to(torch.float32)
+        out[ours] = (t.t() if transpose else t).contiguous()
     if cfg.tie_embeddings:
         out["lm_head.weight"] = out["tok_emb.weight"]
     else:
-        if "lm_head.weight" not in state:
-            raise _not_gpt2(folder, "tie_word_embeddings is false but lm_head.weight is missing")
-        out["lm_head.weight"] = state["lm_head.weight"].to(torch.float32).contiguous()
         out["lm_head.bias"] = torch.zeros(cfg.vocab_size)  # PsyDuck's untied head has a bias; GPT-2's is none
     return out
 
 
-def read_hf_tokenizer(folder: Path):
+def read_hf_tokenizer(folder: Path) -> Tokenizer:
     """The folder's byte-level BPE as a PsyDuck Tokenizer (tokenizer.json, or vocab.json + merges.txt)."""
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers
 
-    from psyduck.tokenizer import EOT, _from_hf
+    from psyduck.tokenizer import EOT, Tokenizer
 
     if (folder / "tokenizer.json").is_file():
         try:
@@ -180,14 +168,18 @@ def read_hf_tokenizer(folder: Path):
         raise PsyDuckError(f"{folder} has no tokenizer.json (nor vocab.json + merges.txt); save the tokenizer with the model")
     if hf.token_to_id(EOT) is None:
         raise PsyDuckError(f"the tokenizer in {folder} has no {EOT} token; import-hf needs a GPT-2-style byte-level BPE")
-    return _from_hf(hf)
+    return Tokenizer.from_hf(hf)
 
 
 def import_hf(folder: str | Path, out: str | Path) -> Path:
     """Turn a GPT-2-style `transformers` folder into the PsyDuck run folder `out`; returns `out`."""
-    from psyduck.checkpoint import list_checkpoints, load_weights, save_checkpoint, write_json_atomic
+    from safetensors.torch import save_file
+
     from psyduck.config import Config, DataConfig, TrainConfig
+    from psyduck.io import write_json_atomic
     from psyduck.model import GPT
+    from psyduck.runs import RunFolder
+    from psyduck.state_dicts import load_weights
 
     folder, out = Path(folder), Path(out)
     hf = read_hf_config(folder)
@@ -202,7 +194,8 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
         )
     if out.exists() and not out.is_dir():
         raise PsyDuckError(f"--out {out} is a file; choose a folder name for the run")
-    if list_checkpoints(out) or (out / "config.json").exists():
+    run = RunFolder(out)
+    if run.checkpoints() or (out / "config.json").exists():
         raise PsyDuckError(f"{out} already holds a run; choose another --out")
 
     cfg = Config(
@@ -213,8 +206,6 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
     model = GPT(mcfg)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".import-weights.safetensors"
-    from safetensors.torch import save_file
-
     try:  # load through the normal path: a mismatch gives the usual clear error
         save_file({k: v for k, v in state.items() if not (mcfg.tie_embeddings and k == "lm_head.weight")}, str(tmp))
         load_weights(model, tmp)
@@ -226,9 +217,25 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
         "rng.torch": torch.get_rng_state(),
         "rng.batch": torch.Generator().manual_seed(cfg.train.seed).get_state(),
     }
-    save_checkpoint(
-        out, 0, model, None,
+    run.save_checkpoint(
+        0, model, None,
         {"tokens_seen": 0, "val_loss": None, "best_val": None, "reason": "import-hf", "source": str(folder)},
         extra_tensors=rng,
     )
+    run.record_source(source_record(folder, hf))
     return out
+
+
+def source_record(folder: Path, hf: dict[str, Any]) -> dict[str, Any]:
+    """Where an imported run came from: kept as the run's source.json, shown by `psyduck eval`."""
+    from datetime import datetime, timezone
+
+    from psyduck import __version__
+
+    return {
+        "importer": f"psyduck {__version__} import-hf",
+        "folder": str(folder.resolve()),
+        "model": hf.get("_name_or_path") or folder.resolve().name,  # the hub name, when transformers kept it
+        "architecture": (hf.get("architectures") or ["GPT2LMHeadModel"])[0],
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,170 @@
+"""A run as a Hugging Face `transformers` folder: `AutoModelForCausalLM.from_pretrained` loads it.
+
+    psyduck export runs/demo --format hf --out exports/demo-hf
+
+Exact math or nothing: each PsyDuck architecture maps onto a class that computes the *same function*
+(the parity test compares logits within 1e-4 and greedy generations token for token):
+
+    positions            norm       FFN          transformers
+    learned, sinusoidal  layernorm  gelu, relu   GPT2LMHeadModel
+    rope                 rmsnorm    swiglu       LlamaForCausalLM
+    rope                 rmsnorm    gelu, relu   ArceeForCausalLM
+
+Anything else is refused with a one-line PsyDuckError naming what does export. Rotary embeddings:
+PsyDuck rotates (i, i + hs/2) pairs, the half-split layout `transformers` uses (rotate_half), so
+Llama's q/k weights are copied as they are. The folder is written without `transformers`
+(config.json by hand), in float32: an export is a copy, quantize downstream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psyduck.config import ModelConfig
+from psyduck.errors import PsyDuckError
+from psyduck.interop.gpt2_names import hf_name
+from psyduck.interop.hf_tokenizer import hf_tokenizer_json
+from psyduck.interop.layout import logical_tensors, refusal
+from psyduck.io import atomic_path, write_json_atomic, write_text_atomic
+from psyduck.tokenizer import EOT
+
+HF_LABEL = "Hugging Face transformers"
+HF_EXPORTS = (
+    "learned or sinusoidal positions + layernorm + gelu/relu (GPT-2), rope + rmsnorm + swiglu (Llama), "
+    "rope + rmsnorm + gelu/relu (Arcee), e.g. presets tiny, gpt2-124m, cpu-small"
+)
+HF_ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM"}
+_LLAMA_NAMES = {  # llama.cpp stem -> Llama/Arcee module (GPT-2's live in gpt2_names)
+    "token_embd": "model.embed_tokens",
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+
+
+def hf_family(cfg: ModelConfig) -> str:
+    """"gpt2", "llama" or "arcee": the `transformers` model_type that computes this model exactly."""
+    if cfg.pos in ("learned", "sinusoidal") and cfg.norm == "layernorm" and cfg.activation in ("gelu", "relu"):
+        return "gpt2"
+    if cfg.pos == "rope" and cfg.norm == "rmsnorm":
+        return "llama" if cfg.activation == "swiglu" else "arcee"
+    raise PsyDuckError(refusal(cfg, HF_LABEL, HF_EXPORTS))
+
+
+def hf_tensors(logical: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """Rename (and for GPT-2's Conv1D, transpose) the llama.cpp-named tensors for `transformers`."""
+    out = {}
+    for name, t in logical.items():
+        if family == "gpt2":
+            full, transpose = hf_name(name)
+            out[full] = (t.t() if transpose else t).contiguous()
+            continue
+        stem, kind = name.rsplit(".", 1)
+        layer = None
+        if stem.startswith("blk."):
+            _, layer, stem = stem.split(".", 2)
+        prefix = f"model.layers.{layer}." if layer is not None else ""
+        out[f"{prefix}{_LLAMA_NAMES[stem]}.{kind}"] = t.contiguous()
+    return out
+
+
+def hf_config(cfg: ModelConfig, family: str, eot_id: int) -> dict[str, Any]:
+    """config.json for `family`, written by hand so exporting does not need `transformers`."""
+    common = {
+        "architectures": [HF_ARCHITECTURES[family]],
+        "model_type": family,
+        "vocab_size": cfg.vocab_size,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
+        "torch_dtype": "float32",
+        "use_cache": True,
+    }
+    if family == "gpt2":
+        return {
+            **common,
+            "n_positions": cfg.block_size,
+            "n_ctx": cfg.block_size,
+            "n_embd": cfg.d_model,
+            "n_layer": cfg.n_layer,
+            "n_head": cfg.n_head,
+            "n_inner": cfg.ffn_hidden,
+            "activation_function": "gelu_new" if cfg.activation == "gelu" else "relu",  # gelu_new: tanh form
+            "layer_norm_epsilon": cfg.norm_eps,
+            "resid_pdrop": cfg.dropout,
+            "embd_pdrop": cfg.dropout,
+            "attn_pdrop": cfg.dropout,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            "initializer_range": 0.02,
+        }
+    return {
+        **common,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_size,
+        "hidden_act": {"swiglu": "silu", "gelu": "gelu_pytorch_tanh", "relu": "relu"}[cfg.activation],
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,  # transformers 4.x
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},  # transformers 5.x
+        "rope_scaling": None,
+        "attention_bias": cfg.bias,
+        "attention_dropout": cfg.dropout,
+        "mlp_bias": cfg.bias,
+        "initializer_range": 0.02,
+    }
+
+
+def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
+    """Write run `run` as a `transformers` folder: config.json, model.safetensors, tokenizer files."""
+    from safetensors.torch import save_file
+
+    from psyduck.runs import load_run
+
+    run, out = Path(run), Path(out)
+    model, tok = load_run(run, checkpoint=checkpoint)
+    cfg: ModelConfig = model.config
+    family = hf_family(cfg)
+    tensors = hf_tensors(logical_tensors(model, family, HF_LABEL), family)
+    tokenizer_json = hf_tokenizer_json(run, tok)
+    if out.exists() and not out.is_dir():
+        raise PsyDuckError(f"--out {out} is a file; choose a folder name for the Hugging Face export")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    write_json_atomic(out / "config.json", hf_config(cfg, family, tok.eot_id))
+    write_json_atomic(
+        out / "generation_config.json",
+        {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.eot_id},
+    )
+    write_text_atomic(out / "tokenizer.json", tokenizer_json)
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    write_json_atomic(out / "special_tokens_map.json", special)
+    write_json_atomic(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            **special,
+            "model_max_length": cfg.block_size,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,  # decode must give back the exact text
+        },
+    )
+    return out

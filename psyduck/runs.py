@@ -1,0 +1,277 @@
+"""Run folders: saving checkpoints atomically, and the one place that lists and picks them.
+
+A run folder holds everything needed to use or continue a model:
+
+    runs/demo/
+      config.json              the full Config (model, data, train)
+      tokenizer.json           the tokenizer the model speaks
+      metrics.jsonl            one JSON line per evaluation
+      loss_curve.png           train and val loss against step and tokens seen
+      samples.txt              a text sample at each evaluation
+      source.json              only for imported runs: where the weights came from
+      checkpoints/
+        step_0000500/
+          model.safetensors    the weights
+          optimizer.safetensors the optimizer's tensors (AdamW moments), RNG states
+          state.json           step, losses, optimizer hyperparameters, sampler position...
+
+A checkpoint is written into a hidden temporary folder and renamed into place only when complete
+(`psyduck.io.atomic_folder`), so a kill at any moment leaves either the old set of checkpoints or
+the new one. A disk can still lose bytes later, so whoever *uses* a run (`--resume`, `generate`,
+`eval`, `serve`, `export`) asks `RunFolder.latest_loadable`: the newest checkpoint whose files all
+read back, with one line naming each damaged newer one it skipped. Weights travel as safetensors
+and metadata as JSON: loading a run someone sent you never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from psyduck.config import Config, load_config_json
+from psyduck.errors import PsyDuckError
+from psyduck.io import atomic_folder, write_json_atomic, writer_alive
+from psyduck.state_dicts import load_weights, model_tensors, optimizer_to_flat, short_error
+
+CHECKPOINTS = "checkpoints"
+SOURCE = "source.json"  # only in imported runs
+Log = Callable[[str], None]
+
+
+def stderr_log(message: str) -> None:
+    """The default voice of `load_run`: one line on stderr, as the CLI speaks."""
+    print(f"psyduck: {message}", file=sys.stderr, flush=True)
+
+
+class RunFolder:
+    """One run folder: where its files are, and which of its checkpoints to use.
+
+    Checkpoints are `checkpoints/step_NNNNNNN` folders; "finished" ones have a state.json (folders
+    of interrupted saves are hidden temporaries and never listed).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints_dir = self.path / CHECKPOINTS
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- listing and checking -----------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Finished checkpoint folders, oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(
+            p for p in self.checkpoints_dir.iterdir()
+            if p.is_dir() and p.name.startswith("step_") and (p / "state.json").exists()
+        )
+
+    def latest_loadable(self, log: Log | None = None) -> Path | None:
+        """The newest checkpoint whose files all read back; None when there is none.
+
+        Each damaged newer one is reported through `log`, once the choice is known:
+        "skipped damaged checkpoint runs/x/checkpoints/step_0000040 (why); using step_0000020".
+        """
+        skipped: list[tuple[Path, str]] = []
+        chosen = None
+        for ckpt in reversed(self.checkpoints()):
+            problem = checkpoint_problem(ckpt)
+            if problem is None:
+                chosen = ckpt
+                break
+            skipped.append((ckpt, problem))
+        if log is not None:
+            using = f"using {chosen.name}" if chosen is not None else "no loadable checkpoint is left"
+            for ckpt, problem in skipped:
+                log(f"skipped damaged checkpoint {ckpt} ({problem}); {using}")
+        return chosen
+
+    def best(self) -> Path | None:
+        """The checkpoint with the lowest recorded val loss (None when none recorded one)."""
+        scored = [(v, c) for c in self.checkpoints() if (v := val_loss_of(c)) is not None]
+        return min(scored, key=lambda vc: vc[0])[1] if scored else None
+
+    def pick(self, checkpoint: str | Path | None = None, log: Log | None = None) -> Path:
+        """The checkpoint to use: a named folder, "best", or by default the newest loadable one."""
+        if checkpoint == "best":
+            ckpt = self.best()
+        elif checkpoint is not None:
+            ckpt = Path(checkpoint)
+        else:
+            ckpt = self.latest_loadable(log)
+            if ckpt is None and self.checkpoints():
+                raise PsyDuckError(
+                    f"every checkpoint of {self.path} is damaged ({', '.join(c.name for c in self.checkpoints())}); "
+                    "train the run again or restore a checkpoint from a backup"
+                )
+        if ckpt is None:
+            raise PsyDuckError(f"{self.path} has no checkpoint yet; train it first (or wait for the first evaluation)")
+        return ckpt
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def save_checkpoint(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        state: dict[str, Any],
+        extra_tensors: dict[str, torch.Tensor] | None = None,
+        keep: int = 2,
+    ) -> Path:
+        """Write checkpoints/step_NNNNNNN atomically, then prune old ones (keeping the best by val loss)."""
+        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        final = self.checkpoints_dir / f"step_{step:07d}"
+        with atomic_folder(final) as tmp:
+            save_file(model_tensors(model), str(tmp / "model.safetensors"))
+            tensors = dict(extra_tensors or {})
+            meta: dict[str, Any] = {}
+            if optimizer is not None:
+                opt_tensors, meta = optimizer_to_flat(optimizer)
+                tensors.update(opt_tensors)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            write_json_atomic(tmp / "state.json", {**state, "step": step, "optimizer": meta})
+        self.prune(keep)
+        return final
+
+    def prune(self, keep: int) -> None:
+        """Keep the newest `keep` checkpoints and the best one; remove debris of killed saves."""
+        ckpts = self.checkpoints()
+        best = self.best()
+        for c in ckpts[: max(0, len(ckpts) - max(1, keep))]:
+            if c != best:
+                shutil.rmtree(c, ignore_errors=True)
+        for p in self.checkpoints_dir.iterdir():
+            if p.name.startswith((".tmp-", ".old-")) and not writer_alive(p):
+                shutil.rmtree(p, ignore_errors=True)
+
+    # -- the run's own files ------------------------------------------------------------------
+
+    def config(self) -> Config:
+        """The run's Config, with one-line errors for a missing folder or a folder that is no run."""
+        if not self.path.is_dir():
+            raise PsyDuckError(f"run folder not found: {self.path}; train one with `psyduck train --out {self.path}`")
+        if not (self.path / "config.json").is_file():
+            raise PsyDuckError(
+                f"{self.path} is not a PsyDuck run (no config.json); point at a folder written by `psyduck train`"
+            )
+        return load_config_json(self.path / "config.json")
+
+    def record_source(self, record: dict[str, Any]) -> None:
+        """Keep where the run's weights came from (an import), as source.json."""
+        write_json_atomic(self.path / SOURCE, record)
+
+    def source(self) -> dict[str, Any] | None:
+        """Where an imported run's weights came from (source.json), None for a run trained here."""
+        path = self.path / SOURCE
+        try:
+            return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            return None  # a damaged note about provenance does not stop the run from loading
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why this checkpoint cannot be loaded (a few words), or None when every file reads back."""
+    try:
+        read_state(ckpt)
+    except PsyDuckError:
+        return "state.json is damaged"
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        try:
+            load_file(str(ckpt / name))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            return f"{name}: {short_error(e)}"
+    return None
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's state.json."""
+    try:
+        state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PsyDuckError(
+            f"checkpoint {ckpt} has a damaged state.json ({short_error(e)}); resume from an earlier checkpoint"
+        ) from None
+    if not isinstance(state, dict):
+        raise PsyDuckError(f"checkpoint {ckpt} has a damaged state.json (not a JSON object); resume from an earlier checkpoint")
+    return state
+
+
+def val_loss_of(ckpt: Path) -> float | None:
+    """The val loss recorded with a checkpoint; None when absent, NaN or unreadable."""
+    try:
+        v = read_state(ckpt).get("val_loss")
+    except PsyDuckError:
+        return None
+    return float(v) if isinstance(v, (int, float)) and v == v else None
+
+
+def is_loadable(ckpt: Path) -> bool:
+    """True when every file of the checkpoint reads back completely."""
+    return checkpoint_problem(ckpt) is None
+
+
+# Shorthands for the trainer and tests, which think in folders rather than RunFolder objects.
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """`RunFolder(run_dir).checkpoints()`."""
+    return RunFolder(run_dir).checkpoints()
+
+
+def latest_checkpoint(run_dir: str | Path, log: Log | None = None) -> Path | None:
+    """`RunFolder(run_dir).latest_loadable(log)`."""
+    return RunFolder(run_dir).latest_loadable(log)
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """`RunFolder(run_dir).best()`."""
+    return RunFolder(run_dir).best()
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    state: dict[str, Any], extra_tensors: dict[str, torch.Tensor] | None = None, keep: int = 2) -> Path:
+    """`RunFolder(run_dir).save_checkpoint(...)`."""
+    return RunFolder(run_dir).save_checkpoint(step, model, optimizer, state, extra_tensors, keep)
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """`RunFolder(run_dir).config()`."""
+    return RunFolder(run_dir).config()
+
+
+def load_run(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    checkpoint: str | Path | None = None,
+    log: Log | None = stderr_log,
+):
+    """Load a trained run: returns (model in eval mode, tokenizer).
+
+    Uses the newest loadable checkpoint unless `checkpoint` names one ("best" picks the lowest val
+    loss); damaged newer checkpoints are skipped and named through `log` (stderr by default).
+    """
+    from psyduck.model import GPT
+    from psyduck.tokenizer import load_tokenizer
+
+    run = RunFolder(run_dir)
+    cfg = run.config()
+    tokenizer = load_tokenizer(run.path)
+    if tokenizer.vocab_size > cfg.model.vocab_size or tokenizer.name != cfg.data.tokenizer:
+        raise PsyDuckError(
+            f"{run.path}/tokenizer.json is {tokenizer.name} ({tokenizer.vocab_size} tokens) but the model was trained "
+            f"with {cfg.data.tokenizer} ({cfg.model.vocab_size} embedding rows); restore the run's own tokenizer.json"
+        )
+    ckpt = run.pick(checkpoint, log)
+    model = GPT(cfg.model)
+    load_weights(model, ckpt / "model.safetensors")
+    return model.to(device).eval(), tokenizer
