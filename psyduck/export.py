@@ -167,9 +167,8 @@ def logical_tensors(model: torch.nn.Module, family: str, label: str) -> dict[str
         if head_bias is not None and bool(head_bias.any()):
             target = "GPT-2" if gpt2 else family.capitalize()
             raise PsyDuckError(
-                f"cannot export to {label}: the output layer has a non-zero bias (model.bias=true with "
-                f"tie_embeddings=false) and {target} has none; export a model trained with "
-                "tie_embeddings=true or bias=false"
+                f"cannot export to {label}: the output layer has a non-zero bias (model.head_bias=true) "
+                f"and {target} has none; export a model trained with model.head_bias=false"
             )
     return {k: v.contiguous() for k, v in out.items()}
 

@@ -90,6 +90,7 @@ def model_config_from_hf(hf: dict[str, Any]):
         activation=ACTIVATIONS[hf.get("activation_function", "gelu_new")],
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         bias=True,
+        head_bias=False,  # GPT-2's output layer has none
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
     )
 
@@ -154,7 +155,6 @@ def psyduck_state(hf_state: dict[str, torch.Tensor], cfg, folder: Path) -> dict[
         if "lm_head.weight" not in state:
             raise _not_gpt2(folder, "tie_word_embeddings is false but lm_head.weight is missing")
         out["lm_head.weight"] = state["lm_head.weight"].to(torch.float32).contiguous()
-        out["lm_head.bias"] = torch.zeros(cfg.vocab_size)  # PsyDuck's untied head has a bias; GPT-2's is none
     return out
 
 
