@@ -55,7 +55,7 @@ from psyduck.checkpoint import (
 from psyduck.config import Config, TrainConfig
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
-from psyduck.losses import use_fused_loss
+from psyduck.losses import FusedLoss, make_loss
 from psyduck.model import GPT
 from psyduck.plot import BackgroundPlotter
 from psyduck.tokenizer import Tokenizer, load_tokenizer
@@ -193,7 +193,8 @@ class Trainer:
         self.dtype = hardware.pick_dtype(self.device, t.dtype)
         self.autocast = hardware.autocast(self.device, self.dtype)
         self.accum = t.grad_accum // self.dist.world_size
-        self.full_logits = not use_fused_loss(t.loss, self.device)  # plain loss: keep the (B, T, V) logits
+        self.loss = make_loss(t.loss, self.device)  # the output layer + loss, as train.loss names it
+        self.eval_loss = self.loss if isinstance(self.loss, FusedLoss) else FusedLoss()  # evaluation never holds the logits
 
         # -- model and optimizer ---------------------------------------------------------------
         torch.manual_seed(t.seed + self.dist.rank)  # weights are broadcast by DDP; dropout differs per rank
@@ -255,7 +256,7 @@ class Trainer:
             for _ in range(t.eval_iters):
                 x, y = self.data.get_batch(split, t.batch_size, self.cfg.model.block_size, g)
                 with self.autocast:
-                    _, loss = self.model(x.to(self.device), y.to(self.device), return_logits=False)
+                    _, loss = self.model(x.to(self.device), y.to(self.device), loss=self.eval_loss)
                 losses.append(loss.item())
             out[split] = sum(losses) / len(losses)
         self.model.train()
@@ -492,7 +493,7 @@ class Trainer:
             if self.dist.enabled and micro < self.accum - 1:
                 sync = self.net.no_sync()  # only the last micro-batch all-reduces gradients
             with sync, self.autocast:
-                _, loss = self.net(x[sl], y[sl], return_logits=self.full_logits)
+                _, loss = self.net(x[sl], y[sl], loss=self.loss)
             self.scaler.scale(loss / self.accum).backward()
             total += loss.detach().float()
         total /= self.accum

@@ -179,8 +179,8 @@ def poison_at(trainer: Trainer, step: int) -> None:
             super().__init__()
             self.inner = net
 
-        def forward(self, x, y, return_logits=True):
-            logits, loss = self.inner(x, y, return_logits=return_logits)
+        def forward(self, x, y, **kw):
+            logits, loss = self.inner(x, y, **kw)
             return logits, loss * float("nan") if trainer.step == step else loss
 
     trainer.net = Poisoned()
