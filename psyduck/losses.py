@@ -138,7 +138,9 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _shifted_logits(w, hc, b, shift, out):  # noqa: ANN001, ANN202
+def _shifted_logits(
+    w: torch.Tensor, hc: torch.Tensor, b: torch.Tensor | None, shift: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     """out = w @ hc.T + b - shift, shape (V, r) with one shift per column: the bias and the shift are
     written first and the product is accumulated onto them, so no pass over the block is added."""
     if b is not None:
@@ -148,12 +150,19 @@ def _shifted_logits(w, hc, b, shift, out):  # noqa: ANN001, ANN202
     return out.addmm_(w, hc.t())
 
 
-def _fused(h, weight, bias, targets, rows_per_chunk, buffer, need_h, need_w, need_b):  # noqa: ANN001, ANN202
-    """Sum of the losses, and (unless not needed) the gradients of the *mean* loss w.r.t. h, W, b.
+def _fused(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, rows_per_chunk: int,
+    buffer: BlockBuffer, need_h: bool, need_w: bool, need_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The mean loss, and (unless not needed) its gradients w.r.t. h, W and b (None where not needed).
 
     Each block is held vocabulary-major, z = W @ h[r].T of shape (V, rows): on the CPUs we measured,
     MKL runs this matmul (and dW = g @ h[r]) markedly faster than the (rows, V) orientation, and the
     softmax is then a max, an exp and a sum down the columns.
+
+    One long function on purpose: it is the block loop of the module docstring, step for step, and
+    every step reads the same dozen per-call tensors (the block, its shift, 1/sum, the gradient
+    accumulators); split up, each piece would take them all as arguments.
     """
     n_rows = h.shape[0]
     cdtype = _compute_dtype(h.device, weight.dtype)
