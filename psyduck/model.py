@@ -25,9 +25,10 @@ lower-triangular mask as the seed's notes teach it, run head by head (the teachi
 fused path in `MultiHeadAttention` (one matrix multiply for q, k and v of all heads, then PyTorch's
 `scaled_dot_product_attention`, which picks a flash/memory-efficient kernel where it can).
 
-The loss: `logits, loss = model(idx, targets)` as in the seed. Training passes
-`loss=FusedLoss()` (psyduck/losses.py): the output layer and the cross-entropy computed together,
-a block of rows at a time, so the (B, T, V) logits never exist and logits comes back None.
+The loss: `logits, loss = model(idx, targets)` as in the seed. Training passes the loss that
+`train.loss` picks (`losses.make_loss`); on CPUs a `FusedLoss`, which computes the output layer and
+the cross-entropy together, a block of rows at a time: the (B, T, V) logits never exist and logits
+comes back None.
 """
 
 from __future__ import annotations
