@@ -13,7 +13,7 @@ For each preset, both sides are built at the preset's shape (vocab, context, wid
 dropout, batch): the baseline is benchmarks/baselines/seed_gpt.py with the seed's plain AdamW;
 PsyDuck is `psyduck.model.GPT` with the preset's architecture, `psyduck.train.make_optimizer` (fused
 AdamW) and the loss `train.loss=auto` picks (fused linear cross-entropy on CPUs, compiled full logits
-on GPUs: psyduck.losses.use_fused_loss), stepped by the trainer's own `psyduck.train.train_step`
+on GPUs: psyduck.losses.make_loss), stepped by the trainer's own `psyduck.train.train_step`
 (lr schedule, gradient clipping when the preset asks for it, the NaN guard), one micro-batch a step.
 
 Method:
@@ -36,15 +36,15 @@ Method:
 - levers (`--levers`, on by default in full runs): PsyDuck with one lever undone at a time, each
   timed alternating with the full PsyDuck step: the other loss (plain_loss, full logits +
   F.cross_entropy, on a CPU; fused_loss on a GPU), default AdamW, teaching attention (per-head
-  explicit mask), the token embedding frozen (an upper bound on what skipping untouched
-  embedding rows could save), and torch's nn.Dropout in place of PsyDuck's `Dropout` (CPUs, presets
-  with dropout).
+  explicit mask), and the token embedding frozen (an upper bound on what skipping untouched
+  embedding rows could save).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import resource
 import subprocess
@@ -62,8 +62,8 @@ from common import (  # noqa: E402
 
 from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
-from psyduck.losses import use_fused_loss  # noqa: E402
-from psyduck.model import GPT, Dropout, MultiHeadAttention  # noqa: E402
+from psyduck.losses import make_loss  # noqa: E402
+from psyduck.model import GPT  # noqa: E402
 from psyduck.train import StepSetup, lr_at, make_optimizer, train_step  # noqa: E402
 
 
@@ -122,34 +122,27 @@ def baseline_side(cfg, device, dtype, mode: str | None) -> Side:  # noqa: ANN001
 
 
 def psyduck_side(cfg, device, dtype, mode: str | None, *, loss: str = "auto", default_adamw: bool = False,
-                 teaching: bool = False, frozen_embedding: bool = False, torch_dropout: bool = False,
+                 teaching: bool = False, frozen_embedding: bool = False,
                  model: GPT | None = None) -> Side:  # noqa: ANN001
     t = cfg.train
     if model is None:
         torch.manual_seed(0)
         model = GPT(cfg.model).to(device)
-    if torch_dropout:  # nn.Dropout (torch's Bernoulli sampler) in place of psyduck's 16-bit masks
-        for m in list(model.modules()):
-            for child_name, child in m.named_children():
-                if isinstance(child, Dropout):
-                    setattr(m, child_name, torch.nn.Dropout(child.p))
+    if teaching:  # the same weights in a model built with the teaching attention (one head at a time)
+        taught = GPT(dataclasses.replace(model.config, attention="teaching")).to(device)
+        taught.load_state_dict(model.state_dict())
+        model = taught
     if frozen_embedding:
         model.tok_emb.weight.requires_grad_(False)
     opt = make_optimizer(model, t, device, fused=not default_adamw)
     setup = StepSetup(
         net=torch.compile(model, mode=mode) if mode else model, model=model, optimizer=opt, train=t,
         autocast=hardware.autocast(device, dtype),
-        full_logits=not use_fused_loss(loss, device),  # as the Trainer decides (train.loss)
+        loss=make_loss(loss, device),  # as the Trainer decides (train.loss)
     )
-    attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
 
     def step(side: Side, x, y) -> float:  # noqa: ANN001
-        for m in attn:
-            m.teaching = teaching or model.config.attention == "teaching"
-        value = train_step(setup, x, y, lr_at(side.steps, t))
-        for m in attn:
-            m.teaching = model.config.attention == "teaching"
-        return value
+        return train_step(setup, x, y, lr_at(side.steps, t))
 
     return Side("psyduck", model, opt, step)
 
@@ -263,7 +256,7 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
     print(json.dumps(rounded({"timing": res})), file=sys.stderr, flush=True)
     if args.levers:
         levers = {}
-        other_loss = "plain_loss" if use_fused_loss("auto", device) else "fused_loss"
+        other_loss = "plain_loss" if isinstance(make_loss("auto", device), FusedLoss) else "fused_loss"
         variants = {
             other_loss: dict(loss=other_loss.split("_")[0]),  # plain: full logits + F.cross_entropy
             "default_adamw": dict(default_adamw=True),
@@ -271,8 +264,6 @@ def run_preset(name: str, args, device, dtype, first: bool = True) -> dict:  # n
         }
         if not cfg.model.tie_embeddings:
             variants["frozen_embedding"] = dict(frozen_embedding=True)
-        if cfg.model.dropout > 0 and device.type == "cpu":
-            variants["torch_dropout"] = dict(torch_dropout=True)
         if args.lever:
             variants = {k: v for k, v in variants.items() if k in args.lever}
         for lever, kw in variants.items():
@@ -301,7 +292,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=0, help="override the preset's batch size")
     p.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
                    help="time each lever undone (default: on, off with --quick)")
-    p.add_argument("--lever", action="append", choices=["plain_loss", "fused_loss", "default_adamw", "teaching_attention", "frozen_embedding", "torch_dropout"],
+    p.add_argument("--lever", action="append", choices=["plain_loss", "fused_loss", "default_adamw", "teaching_attention", "frozen_embedding"],
                    help="time only these levers (repeatable; implies --levers)")
     p.add_argument("--vocab-size", type=int, default=0,
                    help="model vocabulary instead of the tokenizer's (ids folded in range), e.g. 50304 for GPT-2's shape")

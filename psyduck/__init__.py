@@ -15,8 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from psyduck.config import Config, DataConfig, ModelConfig, TrainConfig, get_preset, presets
+from psyduck.config import Config, DataConfig, ModelConfig, TrainConfig
 from psyduck.errors import PsyDuckError
+
+# After this line `psyduck.presets` is the dict of presets, not the module psyduck/presets.py (which
+# `from psyduck.presets import get_preset` still reaches): the README's `from psyduck import presets`.
+from psyduck.presets import get_preset, presets
 
 __version__ = "0.1.0"
 

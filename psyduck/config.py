@@ -4,7 +4,11 @@ Three dataclasses, one per concern, grouped in `Config`. The same objects serve 
 the CLI (`--preset`, `--config file.toml`, flags and `key=value` overrides) and the run folder's
 `config.json`, so a run can always be rebuilt from what it saved.
 
-Named presets live at the bottom of this file. Each one is a complete `Config`:
+String choices are `Literal` types: the allowed values are read from the type itself, in one
+place (`_check_choices`), so the type, the check and the error message cannot drift apart.
+`load_config_json` migrates the keys of run folders written by older versions (`_migrate`).
+
+Named presets, each a complete `Config`, live in psyduck/presets.py:
 
     from psyduck import presets
     cfg = presets["seed-60m"]          # cfg.model, cfg.data, cfg.train
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import json
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from psyduck.errors import PsyDuckError
 
@@ -26,6 +32,27 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+Positions = Literal["sinusoidal", "learned", "rope"]
+Norm = Literal["layernorm", "rmsnorm"]
+Activation = Literal["relu", "gelu", "swiglu"]
+AttentionPath = Literal["fast", "teaching"]
+Schedule = Literal["constant", "cosine"]
+LossChoice = Literal["auto", "fused", "plain"]
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+OnNan = Literal["stop", "skip"]
+
+
+def _check_choices(obj: Any, section: str) -> None:
+    """Refuse a string field whose value is not one of its `Literal` type's values."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if typing.get_origin(hints[f.name]) is Literal:
+            allowed = typing.get_args(hints[f.name])
+            value = getattr(obj, f.name)
+            if value not in allowed:
+                raise PsyDuckError(f"{section}.{f.name}={value!r} is not one of {', '.join(allowed)}; pick one of them")
 
 
 @dataclass
@@ -40,27 +67,18 @@ class ModelConfig:
     n_kv_head: int = 0  # key/value heads for grouped-query attention; 0 means n_head (plain MHA)
     d_ff: int = 0  # FFN hidden width; 0 means 4*d_model (relu/gelu) or ~8/3*d_model (swiglu)
     dropout: float = 0.1  # dropout on attention weights and residual branches while training
-    pos: str = "sinusoidal"  # sinusoidal | learned | rope
-    norm: str = "layernorm"  # layernorm | rmsnorm (pre-norm either way)
-    activation: str = "relu"  # relu | gelu | swiglu
+    pos: Positions = "sinusoidal"  # how the model knows where a token is
+    norm: Norm = "layernorm"  # pre-norm either way
+    activation: Activation = "relu"  # the FFN's non-linearity (swiglu: the gated FFN)
     tie_embeddings: bool = False  # share the token embedding with the output layer
-    bias: bool = True  # biases in Linear and LayerNorm layers
-    attention: str = "fast"  # fast (fused qkv + scaled_dot_product_attention) | teaching (one head at a time)
+    bias: bool = True  # biases in the blocks' Linear layers and LayerNorms (and the final norm)
+    head_bias: bool = False  # a bias on the output layer too (the seed has one; GPT-2 and Llama do not)
+    attention: AttentionPath = "fast"  # fast (fused qkv + scaled_dot_product_attention) | teaching (one head at a time)
     rope_theta: float = 10_000.0  # RoPE base frequency
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        choices = {
-            "pos": ("sinusoidal", "learned", "rope"),
-            "norm": ("layernorm", "rmsnorm"),
-            "activation": ("relu", "gelu", "swiglu"),
-            "attention": ("fast", "teaching"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise PsyDuckError(
-                    f"model.{key}={getattr(self, key)!r} is not one of {', '.join(allowed)}; pick one of them"
-                )
+        _check_choices(self, "model")
         for key in ("vocab_size", "block_size", "d_model", "n_layer", "n_head"):
             if getattr(self, key) < 1:
                 raise PsyDuckError(f"model.{key} must be a positive integer, got {getattr(self, key)}")
@@ -114,7 +132,7 @@ class TrainConfig:
     max_iters: int = 10_000  # optimizer steps
     lr: float = 3e-4  # peak learning rate
     min_lr: float = 3e-5  # floor of the cosine schedule
-    schedule: str = "constant"  # constant | cosine (linear warmup, then cosine decay to min_lr)
+    schedule: Schedule = "constant"  # constant, or cosine: linear warmup, then cosine decay to min_lr
     warmup_iters: int = 0  # linear warmup steps (cosine schedule)
     weight_decay: float = 0.0  # AdamW decay, applied to 2-D weights only
     beta1: float = 0.9
@@ -127,24 +145,15 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept (the best by val loss is kept too)
     seed: int = 1337
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast precision)
+    dtype: Precision = "auto"  # autocast precision
     compile: bool = False  # torch.compile the model
-    loss: str = "auto"  # auto | fused | plain: output layer + loss in chunks, or full logits (see losses.py)
+    loss: LossChoice = "auto"  # fused: output layer + loss in blocks, never the full logits; plain: the seed's (losses.py)
     max_seconds: float = 0.0  # stop after this much training time (0: no limit)
-    on_nan: str = "stop"  # stop | skip: what a NaN or inf loss does
+    on_nan: OnNan = "stop"  # what a NaN or inf loss does
     loggers: str = ""  # also send metrics to: tensorboard, wandb (comma-separated; imported only if named)
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("constant", "cosine"):
-            raise PsyDuckError(f"train.schedule={self.schedule!r} is not one of constant, cosine; pick one of them")
-        if self.loss not in ("auto", "fused", "plain"):
-            raise PsyDuckError(f"train.loss={self.loss!r} is not one of auto, fused, plain; pick one of them")
-        if self.on_nan not in ("stop", "skip"):
-            raise PsyDuckError(f"train.on_nan={self.on_nan!r} is not one of stop, skip; pick one of them")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise PsyDuckError(
-                f"train.dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16; pick one of them"
-            )
+        _check_choices(self, "train")
         for key in ("batch_size", "grad_accum", "eval_interval", "eval_iters"):
             if getattr(self, key) < 1:
                 raise PsyDuckError(f"train.{key} must be a positive integer, got {getattr(self, key)}")
@@ -260,12 +269,26 @@ def load_toml(path: str | Path, base: Config | None = None) -> Config:
     return apply_overrides(base or Config(), flat)
 
 
+def _migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config in today's keys (a copy): older versions wrote fewer of them.
+
+    - `model.head_bias` (new): before it, `model.bias` also gave an untied output layer its bias.
+    """
+    d = copy.deepcopy(d)
+    model = d.get("model") if isinstance(d, dict) else None
+    if isinstance(model, dict) and "head_bias" not in model:
+        model["head_bias"] = bool(model.get("bias", True)) and not model.get("tie_embeddings", False)
+    return d
+
+
 def load_config_json(path: str | Path) -> Config:
+    """The Config a run folder saved (config.json), older versions' keys migrated."""
     p = Path(path)
     try:
-        return Config.from_dict(json.loads(p.read_text(encoding="utf-8")), where=str(p))
+        d = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise PsyDuckError(f"cannot read config {p} ({e}); the run folder is damaged") from None
+    return Config.from_dict(_migrate(d), where=str(p))
 
 
 _SECTIONS = {
@@ -275,132 +298,8 @@ _SECTIONS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------------------------
-
-def _seed_60m() -> Config:
-    """The notebook PsyDuck started from, exactly: about 60.9M parameters with cl100k_base.
-
-    d_model 256, 12 blocks, 8 heads, context 128, batch 16, AdamW lr 3e-4 (constant), dropout 0.1,
-    10,000 iterations, eval every 50 over 20 batches, sinusoidal positions, pre-norm LayerNorm,
-    ReLU FFN (d -> 4d -> d), untied output layer. 84% of the parameters are the two 100,277-row
-    embedding matrices, which is why the seed trains slowly on a CPU.
-    """
-    return Config(
-        model=ModelConfig(
-            vocab_size=100_277, block_size=128, d_model=256, n_layer=12, n_head=8, dropout=0.1,
-            pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=False, bias=True,
-        ),
-        data=DataConfig(path="data/wiki-vital-cl100k", source="wiki-vital", tokenizer="cl100k_base"),
-        train=TrainConfig(
-            batch_size=16, max_iters=10_000, lr=3e-4, schedule="constant", weight_decay=0.0,
-            beta1=0.9, beta2=0.999, grad_clip=0.0, eval_interval=50, eval_iters=20,
-        ),
-    )
-
-
-def _cpu_small() -> Config:
-    """The README demo: English-looking text after a few minutes on a 2-core CPU.
-
-    Chosen by measurement (benchmarks/time_to_quality.py) on the 2-core CI-class machine this
-    project is tested on (AMD EPYC, AVX2, no AVX-512/AMX; fp32; torch 2.13; shared with other jobs,
-    so +-10% on single runs), training on the embedded corpus (wiki-vital, 4.6 MB of train text):
-    - tokenizer: a byte-level BPE with 32,768 tokens trained on the corpus (0.95M train tokens,
-      4.7 bytes per token). Bits per byte that a unigram model of the train split gets on val:
-      bpe-4096 2.74, bpe-8192 2.52, bpe-16384 2.35, bpe-32768 2.24 (cl100k_base: 2.31). A bigger
-      vocabulary starts every model lower and packs more text into each 128-token window; the
-      fused output layer + loss (psyduck/losses.py) keeps its 32k-wide output affordable.
-    - size: d_model 256, 4 blocks, 8 heads, context 128, RoPE + RMSNorm + GELU, no biases, tied
-      embeddings: 11.5M parameters (8.4M of them the embedding), ~1,200 tokens/s, ~68% MFU here
-      when chosen (1,269 tokens/s, 80% MFU since the loss's shift by the right logit).
-    - sweep, `time_to_quality.py --only cpu-small --minutes M` (val bits per byte at the end of M
-      minutes; the seed recipe ends its 10 minutes at 2.16 on the FACTS machine):
-        M=2, bpe-8192, 6 blocks: batch 32 dropout 0.1 warmup 50 (the first version) 2.45;
-          dropout 0 + warmup 10: 2.46; + lr 3e-3: 2.47; batch 16: 2.37; 4 blocks: 2.41;
-          bpe-4096: 2.62; batch 8: (stopped)
-        M=2, dropout 0, warmup 10, batch 16: bpe-16384 2.25; bpe-32768 2.22 (batch 8: 2.21;
-          4 blocks: 2.21)
-        M=4, bpe-32768, dropout 0, warmup 10: 4 blocks batch 16 lr 2e-3 2.118; 6 blocks 2.138;
-          lr 3e-3 2.158; batch 8 (similar to batch 16 through its first minute)
-        M=10, this preset, both sides (the full benchmark; benchmarks/results/cpu_time_to_quality.*):
-          cpu-small 1.985 after 320 steps; the seed recipe 2.395 after 62 steps (12 s a step
-          here, half the FACTS machine's pace); cpu-small passed 2.395 at 25 s (ratio 0.04) and
-          the FACTS figure 2.16 at ~2.7 min; it ends 17% below the seed recipe (target: 30%)
-        M=10, cpu-small alone after the loss's shift by the right logit (~20% more steps): 1.945
-          after 390 steps (19% below 2.395). A power law fitted to that curve from minute 1 on
-          (1.54 + 2.89 t^-0.31, t in seconds) reaches 1.9 at ~14 minutes, 1.8 at ~39 and the
-          target's 1.68 (30% below 2.395) at ~290: out of reach of any recipe at this speed
-      Dropout 0: a 10-minute run sees under one epoch, and dropout on CPU cost ~30% of the step
-      when measured (torch's slow Bernoulli sampler, since replaced by `model.Dropout`'s 16-bit
-      masks; it still forces the explicit attention path). Small batches (more steps)
-      win at these budgets; 4 blocks beat 6 (more steps in the same time).
-    - schedule: 160 steps of batch 16 (about 6 minutes here with its evaluations; val 2.0 bits
-      per byte in the demo from a fresh clone; the time-to-quality benchmark
-      stretches the cosine over its own budget), warmup 10, cosine from 2e-3 to 1e-4, AdamW
-      betas (0.9, 0.95), weight decay 0.1, clipping at 1.0.
-    """
-    return Config(
-        model=ModelConfig(
-            vocab_size=32_768, block_size=128, d_model=256, n_layer=4, n_head=8, dropout=0.0,
-            pos="rope", norm="rmsnorm", activation="gelu", tie_embeddings=True, bias=False,
-        ),
-        data=DataConfig(path="data/wiki-vital", source="wiki-vital", tokenizer="bpe-32768"),
-        train=TrainConfig(
-            batch_size=16, max_iters=160, lr=2e-3, min_lr=1e-4, schedule="cosine", warmup_iters=10,
-            weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=40, eval_iters=10,
-        ),
-    )
-
-
-def _tiny() -> Config:
-    """A model small enough for tests and smoke runs: trains in seconds."""
-    return Config(
-        model=ModelConfig(
-            vocab_size=512, block_size=32, d_model=64, n_layer=2, n_head=4, dropout=0.0,
-            pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True,
-        ),
-        data=DataConfig(path="data/wiki-vital-bpe512", source="wiki-vital", tokenizer="bpe-512"),
-        train=TrainConfig(
-            batch_size=8, max_iters=50, lr=3e-3, min_lr=3e-4, schedule="cosine", warmup_iters=5,
-            weight_decay=0.1, beta2=0.95, grad_clip=1.0, eval_interval=25, eval_iters=4,
-            sample_tokens=16,
-        ),
-    )
-
-
-def _gpt2_124m() -> Config:
-    """GPT-2 small's shape (124M parameters with its 50,257 vocab), for GPUs.
-
-    Micro-batch 32 x 2 accumulation steps = 64 sequences (65,536 tokens) per step: on an H100 (bf16,
-    compiled, flash attention) micro-batch 32 reaches 40% MFU where 16 reached 37%
-    (benchmarks/results/h100_train_throughput_gpt2*.log). It needs a 40 GB-class GPU; with less
-    memory, `train.batch_size=16 train.grad_accum=4` (or 8 and 8) keeps the same tokens per step.
-    """
-    return Config(
-        model=ModelConfig(
-            vocab_size=50_304, block_size=1024, d_model=768, n_layer=12, n_head=12, dropout=0.0,
-            pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True,
-        ),
-        data=DataConfig(path="data/wiki-vital-cl100k", source="wiki-vital", tokenizer="cl100k_base"),
-        train=TrainConfig(
-            batch_size=32, grad_accum=2, max_iters=5000, lr=6e-4, min_lr=6e-5, schedule="cosine",
-            warmup_iters=200, weight_decay=0.1, beta2=0.95, grad_clip=1.0, eval_interval=250,
-            eval_iters=20, compile=True,
-        ),
-    )
-
-
-presets: dict[str, Config] = {
-    "seed-60m": _seed_60m(),
-    "cpu-small": _cpu_small(),
-    "tiny": _tiny(),
-    "gpt2-124m": _gpt2_124m(),
-}
-
-
-def get_preset(name: str) -> Config:
-    """A fresh copy of a named preset."""
-    if name not in presets:
-        raise PsyDuckError(f"unknown preset {name!r}; choose one of: {', '.join(presets)}")
-    return copy.deepcopy(presets[name])
+def __getattr__(name: str) -> Any:
+    """`psyduck.config.presets` and `.get_preset`, where they lived before psyduck/presets.py."""
+    if name in ("presets", "get_preset"):
+        return getattr(importlib.import_module("psyduck.presets"), name)
+    raise AttributeError(f"module 'psyduck.config' has no attribute {name!r}")

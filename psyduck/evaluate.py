@@ -30,6 +30,7 @@ import torch
 
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
+from psyduck.losses import FusedLoss
 
 
 @torch.no_grad()
@@ -58,11 +59,12 @@ def evaluate(
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
+    fused = FusedLoss()  # the loss block by block: never the (B, T, V) logits
     try:
         for x, y in data.iter_scored_windows(split, batch_size, block_size, stride, max_batches):
             scored = int((y != -1).sum())
             with autocast or nullcontext():
-                _, loss = model(x.to(device), y.to(device), return_logits=False)  # mean over scored targets
+                _, loss = model(x.to(device), y.to(device), loss=fused)  # mean over scored targets
             total += loss.item() * scored
             count += scored
     finally:

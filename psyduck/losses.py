@@ -39,7 +39,7 @@ Choices:
   subtraction). Here it is the right token's logit z_y, one dot product per row computed up front
   and written into the block before the matmul adds onto it: exp(z - z_y) overflows only where some
   logit is ~88 above the right one (a loss of 88+ nats; that block is then redone with the max), and
-  the right token's own exp(0) = 1 keeps every sum >= 1. seed-60m's loss: ~13% faster per block.
+  the right token's own exp(0) = 1 keeps every sum >= 1 (faster per block: docs/perf-notes-model.md).
   Under autocast (float16/bfloat16 matmuls) the max is subtracted as well, so the exps that go
   back into low-precision matmuls stay at most 1.
 - Rows ignored by the loss (target -1) are dropped before the matmuls; their gradient is zero.
@@ -47,29 +47,83 @@ Choices:
   weight and bias gradients are accumulated in fp32.
 - Without autograd (evaluation under `torch.no_grad`) only the loss is computed, block by block.
 - The block size keeps one (V, rows) block near `CHUNK_ELEMENTS` numbers (200 MB in fp32).
+
+How a caller picks it: `train.loss` (auto | fused | plain) names the choice, `make_loss` resolves it
+once for a device, and the model takes the result, `model(idx, targets, loss=...)`. Both kinds are
+an `OutputLoss`: (h, output layer, targets) -> (logits or None, mean loss). `plain_loss` is the
+seed's (logits kept); a `FusedLoss` owns the memory its blocks reuse, so whoever makes one owns it.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from psyduck.config import LossChoice
 
 CHUNK_ELEMENTS = 512 * 100_352  # numbers in one (V, rows) block: 512 rows of cl100k_base (measured)
 
+# (hidden states (..., C), the output layer, targets (...)) -> (logits (..., V) or None, mean loss)
+OutputLoss = Callable[[torch.Tensor, torch.nn.Linear, torch.Tensor], tuple["torch.Tensor | None", torch.Tensor]]
 
-def use_fused_loss(choice: str, device: torch.device) -> bool:
-    """Whether training should compute the output layer + loss in chunks (`TrainConfig.loss`).
 
-    "auto" picks by device, as measured (benchmarks/train_throughput.py): on CPUs the chunked loss
-    trained seed-60m 1.4-1.6x faster in 0.38x the memory; on GPUs torch.compile fuses the plain
-    full-logits loss into a few kernels, while the chunked loop syncs with the host and breaks the
-    compiled graph: at GPT-2 small's shape on an H100 (bf16, compiled) the plain loss stepped 2.1x
-    faster. Pick "fused" on a GPU when the (B*T, V) logits do not fit in its memory.
+def plain_loss(h: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seed's way: all the logits (B, T, V), then `F.cross_entropy` on them (in fp32)."""
+    logits = head(h)  # (B, T, V)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+    return logits, loss
+
+
+class BlockBuffer:
+    """The memory for one (V, rows) block of logits, kept from one call to the next on CPUs.
+
+    A fresh 200 MB block costs a training step page faults on a CPU (the kernel maps and zeroes
+    every page before the matmul can write it); GPUs have PyTorch's caching allocator for that, so
+    there each call simply allocates. The buffer grows to the largest block asked for and lives as
+    long as its owner.
     """
-    if choice == "auto":
-        return device.type == "cpu"
-    return choice == "fused"
+
+    def __init__(self) -> None:
+        self.flat: torch.Tensor | None = None
+
+    def take(self, v: int, r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """A (v, r) tensor to write one block's logits into (its old contents are garbage)."""
+        if device.type != "cpu":
+            return torch.empty(v, r, device=device, dtype=dtype)
+        if self.flat is None or self.flat.dtype != dtype or self.flat.numel() < v * r:
+            self.flat = None  # drop the old one before allocating the new
+            self.flat = torch.empty(v * r, dtype=dtype)
+        return self.flat[: v * r].view(v, r)
+
+
+class FusedLoss:
+    """The output layer and the cross-entropy computed together, a block of rows at a time.
+
+    An `OutputLoss` that returns no logits: the (B, T, V) tensor never exists. It keeps one
+    `BlockBuffer`, so make one per training (or evaluation) loop and pass it to every call.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = BlockBuffer()
+
+    def __call__(self, h: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, fused_cross_entropy(h, head.weight, head.bias, targets, buffer=self.buffer)
+
+
+def make_loss(choice: "LossChoice", device: torch.device) -> OutputLoss:
+    """The loss `train.loss` names, resolved for this device: a `FusedLoss`, or `plain_loss`.
+
+    "auto" picks by device, as measured (docs/perf-notes-model.md): on CPUs the fused loss trains
+    faster in far less memory; on GPUs torch.compile fuses the plain full-logits loss into a few
+    kernels, while the fused loop syncs with the host and breaks the compiled graph. Pick "fused"
+    on a GPU when the (B*T, V) logits do not fit in its memory.
+    """
+    fused = choice == "fused" or (choice == "auto" and device.type == "cpu")
+    return FusedLoss() if fused else plain_loss
 
 
 def chunk_rows(vocab_size: int, rows: int, elements: int = CHUNK_ELEMENTS) -> int:
@@ -84,27 +138,9 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-_workspace = threading.local()  # per thread, on CPUs: the block buffer, kept for the next call
-
-
-def _block_buffer(v: int, r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A (V, r) buffer for one block of logits; on CPUs the same memory serves every call.
-
-    A fresh 200 MB buffer costs ~65 ms of page faults per training step on the CI-class CPU (the
-    kernel maps and zeroes 50,000 pages before the matmul can write them; measured at seed-60m's
-    shape). GPUs have PyTorch's caching allocator for that. The buffer (the largest block so far)
-    stays allocated while its thread lives.
-    """
-    if device.type != "cpu":
-        return torch.empty(v, r, device=device, dtype=dtype)
-    buf = getattr(_workspace, "block", None)
-    if buf is None or buf.dtype != dtype or buf.numel() < v * r:
-        buf = _workspace.block = None  # drop the old one before allocating the new
-        buf = _workspace.block = torch.empty(v * r, dtype=dtype)
-    return buf[: v * r].view(v, r)
-
-
-def _shifted_logits(w, hc, b, shift, out):  # noqa: ANN001, ANN202
+def _shifted_logits(
+    w: torch.Tensor, hc: torch.Tensor, b: torch.Tensor | None, shift: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     """out = w @ hc.T + b - shift, shape (V, r) with one shift per column: the bias and the shift are
     written first and the product is accumulated onto them, so no pass over the block is added."""
     if b is not None:
@@ -114,12 +150,19 @@ def _shifted_logits(w, hc, b, shift, out):  # noqa: ANN001, ANN202
     return out.addmm_(w, hc.t())
 
 
-def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  # noqa: ANN001, ANN202
-    """Sum of the losses, and (unless not needed) the gradients of the *mean* loss w.r.t. h, W, b.
+def _fused(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, rows_per_chunk: int,
+    buffer: BlockBuffer, need_h: bool, need_w: bool, need_b: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The mean loss, and (unless not needed) its gradients w.r.t. h, W and b (None where not needed).
 
     Each block is held vocabulary-major, z = W @ h[r].T of shape (V, rows): on the CPUs we measured,
     MKL runs this matmul (and dW = g @ h[r]) markedly faster than the (rows, V) orientation, and the
     softmax is then a max, an exp and a sum down the columns.
+
+    One long function on purpose: it is the block loop of the module docstring, step for step, and
+    every step reads the same dozen per-call tensors (the block, its shift, 1/sum, the gradient
+    accumulators); split up, each piece would take them all as arguments.
     """
     n_rows = h.shape[0]
     cdtype = _compute_dtype(h.device, weight.dtype)
@@ -149,7 +192,7 @@ def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  #
             hc = hv[start : start + rows_per_chunk]  # (r, C)
             y1 = yv[start : start + rows_per_chunk]  # (r,)
             if block is None or block.shape[1] != hc.shape[0]:  # one buffer, reused by every full block
-                block = _block_buffer(w.shape[0], hc.shape[0], h.device, cdtype)
+                block = buffer.take(w.shape[0], hc.shape[0], h.device, cdtype)
             # the right token's logit, one dot product per row, is the shift: exp(z - z_y) never
             # overflows unless some logit is ~88 above the right one (a loss of 88+ nats), and the right
             # token's own exp(0) = 1 keeps every column's sum >= 1
@@ -205,14 +248,14 @@ def _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b):  #
     return mean, grad_h, grad_w, grad_b
 
 
-class FusedLinearCrossEntropy(torch.autograd.Function):
+class _FusedCrossEntropy(torch.autograd.Function):
     """mean_i CE(h_i @ W.T + b, y_i) over rows with y_i != -1, its gradients computed in forward."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, rows_per_chunk):  # noqa: ANN001
+    def forward(ctx, h, weight, bias, targets, rows_per_chunk, buffer):  # noqa: ANN001
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
-        loss, grad_h, grad_w, grad_b = _fused(h, weight, bias, targets, rows_per_chunk, need_h, need_w, need_b)
+        loss, grad_h, grad_w, grad_b = _fused(h, weight, bias, targets, rows_per_chunk, buffer, need_h, need_w, need_b)
         ctx.save_for_backward(
             grad_h,
             grad_w.to(weight.dtype) if grad_w is not None else None,
@@ -226,23 +269,25 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         one = bool(grad_out == 1.0)  # a plain loss.backward(): the stored gradients are the answer
         for g in ctx.saved_tensors:
             grads.append(g if g is None or one else g * grad_out.to(g.dtype))
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 @torch.compiler.disable  # data-dependent Python (row counts, block loop): keep it out of torch.compile graphs
-def chunked_cross_entropy(
+def fused_cross_entropy(
     h: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     rows_per_chunk: int | None = None,
+    buffer: BlockBuffer | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of `h @ weight.T + bias` against `targets` (positions with -1 ignored).
 
     h: (..., C) hidden states; weight: (V, C); bias: (V,) or None; targets: (...) int64 ids.
     Equal (within float rounding) to
     `F.cross_entropy(F.linear(h, weight, bias).flatten(0, -2).float(), targets.flatten(), ignore_index=-1)`,
-    gradients included, without ever holding the (N, V) logits.
+    gradients included, without ever holding the (N, V) logits. `buffer`: the caller's memory for
+    the blocks (a fresh one, used for this call only, when None).
     """
     h2 = h.reshape(-1, h.shape[-1])
     y = targets.reshape(-1)
@@ -252,6 +297,7 @@ def chunked_cross_entropy(
     needs_grad = torch.is_grad_enabled() and (
         h.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
+    buffer = buffer if buffer is not None else BlockBuffer()
     if not needs_grad:  # evaluation: the loss alone, block by block
-        return _fused(h2, weight, bias, y, rows, False, False, False)[0]
-    return FusedLinearCrossEntropy.apply(h2, weight, bias, y, rows)
+        return _fused(h2, weight, bias, y, rows, buffer, False, False, False)[0]
+    return _FusedCrossEntropy.apply(h2, weight, bias, y, rows, buffer)

@@ -83,6 +83,7 @@ def test_config_lists_and_shows_presets(capsys):
     assert main(["config", "--preset", "seed-60m"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["model"]["d_model"] == 256 and cfg["train"]["eval_interval"] == 50
+    assert cfg["model"]["head_bias"] is True and cfg["train"]["loss"] == "auto"
 
 
 def test_module_entry_point_runs():

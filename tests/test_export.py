@@ -349,12 +349,13 @@ def test_export_refuses_architectures_without_an_exact_counterpart(bpe, tmp_path
         "gelu (gpt2), rope + rmsnorm + swiglu (llama), e.g. presets tiny, gpt2-124m"
     )
     # the seed's recipe: its math maps onto GPT-2, but a trained untied output layer has a bias
-    make_run(tmp_path / "seed", bpe, pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=False, bias=True)
+    make_run(tmp_path / "seed", bpe, pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=False, bias=True,
+             head_bias=True)
     with pytest.raises(PsyDuckError) as e:
         export(tmp_path / "seed", "hf", tmp_path / "out")
     assert str(e.value) == (
-        "cannot export to Hugging Face transformers: the output layer has a non-zero bias (model.bias=true with "
-        "tie_embeddings=false) and GPT-2 has none; export a model trained with tie_embeddings=true or bias=false"
+        "cannot export to Hugging Face transformers: the output layer has a non-zero bias (model.head_bias=true) "
+        "and GPT-2 has none; export a model trained with model.head_bias=false"
     )
     assert not (tmp_path / "out").exists()
 

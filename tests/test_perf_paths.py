@@ -1,10 +1,10 @@
 """The optimized paths compute what the plain paths compute (no timings here: see benchmarks/).
 
-- the fused linear cross-entropy (`psyduck.losses.chunked_cross_entropy`) equals one matmul +
+- the fused linear cross-entropy (`psyduck.losses.fused_cross_entropy`) equals one matmul +
   `F.cross_entropy`, loss and gradients with respect to h, the weight and the bias, for any block
   size, with ignored targets (-1), with and without bias, under no_grad and under autocast;
-- the model's training call `model(x, y, return_logits=False)` gives the loss and parameter
-  gradients of the full-logits call.
+- the model's training call `model(x, y, loss=FusedLoss())` gives the loss and parameter
+  gradients of the full-logits call; a `FusedLoss` reuses its own block memory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from psyduck.config import ModelConfig, TrainConfig
 from psyduck.errors import PsyDuckError
-from psyduck.losses import chunk_rows, chunked_cross_entropy, use_fused_loss
+from psyduck.losses import BlockBuffer, FusedLoss, chunk_rows, fused_cross_entropy, make_loss, plain_loss
 from psyduck.model import GPT
 
 
@@ -53,7 +53,7 @@ def make(n, c, v, bias, ignore, dtype=torch.float64, seed=0, lead=()):
 def test_fused_loss_and_grads_equal_plain(n, c, v, bias, ignore, rows, upstream, seed):
     h, w, b, y = make(n, c, v, bias, ignore, seed=seed)
     ref_loss, ref_grads = loss_and_grads(plain, h, w, b, y, upstream)
-    loss, grads = loss_and_grads(lambda *a: chunked_cross_entropy(*a, rows_per_chunk=rows), h, w, b, y, upstream)
+    loss, grads = loss_and_grads(lambda *a: fused_cross_entropy(*a, rows_per_chunk=rows), h, w, b, y, upstream)
     if bool((y == -1).all()):  # nothing to average over: NaN, as F.cross_entropy gives, and zero gradients
         assert torch.isnan(loss) and torch.isnan(ref_loss)
     else:
@@ -72,7 +72,7 @@ def test_logits_far_above_the_right_one_are_shifted_by_the_max(bias):
     assert float(per_row.max()) > 100 and float(per_row.min()) < 80  # some blocks overflow, some do not
     as64 = [t.double() if t is not None else None for t in (h, w, b)]
     ref_loss, ref_grads = loss_and_grads(plain, *as64, y)
-    loss, grads = loss_and_grads(lambda *a: chunked_cross_entropy(*a, rows_per_chunk=5), h, w, b, y)
+    loss, grads = loss_and_grads(lambda *a: fused_cross_entropy(*a, rows_per_chunk=5), h, w, b, y)
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-4)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
@@ -82,7 +82,7 @@ def test_logits_far_above_the_right_one_are_shifted_by_the_max(bias):
 def test_fp32_batched_shapes_and_default_block_size(bias):
     h, w, b, y = make(33, 24, 1013, bias, 0.2, dtype=torch.float32, lead=(3,))  # h (3, 33, 24), y (3, 33)
     ref_loss, ref_grads = loss_and_grads(plain, h, w, b, y)
-    loss, grads = loss_and_grads(chunked_cross_entropy, h, w, b, y)
+    loss, grads = loss_and_grads(fused_cross_entropy, h, w, b, y)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, ref_grads):
         assert got.shape == want.shape and got.dtype == want.dtype
@@ -92,7 +92,7 @@ def test_fp32_batched_shapes_and_default_block_size(bias):
 def test_only_some_inputs_need_grad():
     h, w, b, y = make(20, 8, 50, True, 0.1)
     w = w.clone().requires_grad_()
-    loss = chunked_cross_entropy(h, w, b, y, rows_per_chunk=3)  # h and b are constants
+    loss = fused_cross_entropy(h, w, b, y, rows_per_chunk=3)  # h and b are constants
     loss.backward()
     w2 = w.detach().clone().requires_grad_()
     plain(h, w2, b, y).backward()
@@ -102,7 +102,7 @@ def test_only_some_inputs_need_grad():
 def test_no_grad_gives_the_same_loss():
     h, w, b, y = make(50, 16, 777, True, 0.25, dtype=torch.float32)
     with torch.no_grad():
-        torch.testing.assert_close(chunked_cross_entropy(h, w, b, y, rows_per_chunk=7), plain(h, w, b, y))
+        torch.testing.assert_close(fused_cross_entropy(h, w, b, y, rows_per_chunk=7), plain(h, w, b, y))
 
 
 @pytest.mark.parametrize("dtype, spread", [(torch.bfloat16, 1.0), (torch.float16, 1.0), (torch.float16, 6.0)])
@@ -114,7 +114,7 @@ def test_low_precision_autocast_matches_plain_autocast(dtype, spread):
     w = w * spread
     with torch.autocast("cpu", dtype=dtype):
         ref_loss, ref_grads = loss_and_grads(lambda h, w, b, y: F.cross_entropy(F.linear(h, w, b).float(), y, ignore_index=-1), h, w, b, y)
-        loss, grads = loss_and_grads(chunked_cross_entropy, h, w, b, y)
+        loss, grads = loss_and_grads(fused_cross_entropy, h, w, b, y)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, ref_loss, rtol=2e-2, atol=2e-2)
     for got, want in zip(grads, ref_grads):
@@ -132,8 +132,9 @@ def test_chunk_rows_bounds():
     "variant",
     [
         dict(tie_embeddings=True, bias=False),
-        dict(tie_embeddings=False, bias=True),
-        dict(tie_embeddings=False, bias=True, dropout=0.0, pos="sinusoidal", norm="layernorm", activation="relu"),
+        dict(tie_embeddings=False, bias=True, head_bias=True),
+        dict(tie_embeddings=False, bias=True, head_bias=True, dropout=0.0, pos="sinusoidal", norm="layernorm",
+             activation="relu"),
     ],
 )
 def test_model_training_loss_equals_full_logits_loss(variant):
@@ -152,7 +153,7 @@ def test_model_training_loss_equals_full_logits_loss(variant):
     full.backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
-    none, fused = model(x, y, return_logits=False)
+    none, fused = model(x, y, loss=FusedLoss())
     assert none is None
     fused.backward()
     torch.testing.assert_close(fused, full, rtol=1e-6, atol=1e-6)
@@ -161,9 +162,10 @@ def test_model_training_loss_equals_full_logits_loss(variant):
 
 
 def test_loss_choice_auto_is_fused_on_cpus_and_plain_on_gpus():
-    assert use_fused_loss("auto", torch.device("cpu"))
-    assert not use_fused_loss("auto", torch.device("cuda"))
-    assert use_fused_loss("fused", torch.device("cuda")) and not use_fused_loss("plain", torch.device("cpu"))
+    assert isinstance(make_loss("auto", torch.device("cpu")), FusedLoss)
+    assert make_loss("auto", torch.device("cuda")) is plain_loss
+    assert isinstance(make_loss("fused", torch.device("cuda")), FusedLoss)
+    assert make_loss("plain", torch.device("cpu")) is plain_loss
     with pytest.raises(PsyDuckError) as e:
         TrainConfig(loss="chunky")
     assert str(e.value) == "train.loss='chunky' is not one of auto, fused, plain; pick one of them"
@@ -177,5 +179,22 @@ def test_training_with_the_plain_loss_follows_the_fused_trajectory(tiny_cfg, tmp
     over = {"max_iters": 8, "eval_interval": 4, "sample_tokens": 0}
     train(tiny_cfg.replace({**over, "loss": "fused"}), tmp_path / "fused", progress=False)
     train(tiny_cfg.replace({**over, "loss": "plain"}), tmp_path / "plain", progress=False)
-    for a, b in zip(metrics(tmp_path / "fused"), metrics(tmp_path / "plain")):
+    fused, plain = metrics(tmp_path / "fused"), metrics(tmp_path / "plain")
+    assert len(fused) == len(plain) == 3  # steps 0, 4 and 8
+    for a, b in zip(fused, plain):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+
+
+def test_a_fused_loss_reuses_its_own_block_memory():
+    """The caller owns the block buffer: one FusedLoss keeps one allocation across calls (CPUs)."""
+    head = torch.nn.Linear(16, 300)
+    h, y = torch.randn(2, 40, 16), torch.randint(0, 300, (2, 40))
+    loss = FusedLoss()
+    _, first = loss(h, head, y)
+    ptr = loss.buffer.flat.data_ptr()
+    _, again = loss(h, head, y)
+    assert loss.buffer.flat.data_ptr() == ptr and torch.equal(first, again)
+    torch.testing.assert_close(first, plain_loss(h, head, y)[1])
+    buf = BlockBuffer()
+    assert buf.take(300, 8, torch.device("cpu"), torch.float32).shape == (300, 8)
+    assert buf.take(300, 4, torch.device("cpu"), torch.float32).data_ptr() == buf.flat.data_ptr()  # smaller: same memory

@@ -153,8 +153,8 @@ def test_train_step_takes_one_step_and_never_applies_a_non_finite_loss():
     assert all(p.grad is None for p in model.parameters())  # and the gradients were cleared
 
     class NaNLoss(torch.nn.Module):
-        def forward(self, x, y, return_logits=True):  # noqa: ANN001, ANN202
-            logits, loss = model(x, y, return_logits=return_logits)
+        def forward(self, x, y, **kw):  # noqa: ANN001, ANN202
+            logits, loss = model(x, y, **kw)
             return logits, loss * float("nan")
 
     setup.net = NaNLoss()
@@ -232,8 +232,8 @@ def poison_at(trainer: Trainer, step: int) -> None:
             super().__init__()
             self.inner = net
 
-        def forward(self, x, y, return_logits=True):
-            logits, loss = self.inner(x, y, return_logits=return_logits)
+        def forward(self, x, y, **kw):
+            logits, loss = self.inner(x, y, **kw)
             return logits, loss * float("nan") if trainer.step == step else loss
 
     trainer.step_setup.net = Poisoned()

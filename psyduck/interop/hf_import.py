@@ -93,6 +93,7 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         activation=ACTIVATIONS[hf.get("activation_function", "gelu_new")],
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
         bias=True,
+        head_bias=False,  # GPT-2's output layer has none
         norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
     )
 
@@ -141,8 +142,6 @@ def psyduck_state(hf_state: dict[str, torch.Tensor], cfg: ModelConfig, folder: P
         out[ours] = (t.t() if transpose else t).contiguous()
     if cfg.tie_embeddings:
         out["lm_head.weight"] = out["tok_emb.weight"]
-    else:
-        out["lm_head.bias"] = torch.zeros(cfg.vocab_size)  # PsyDuck's untied head has a bias; GPT-2's is none
     return out
 
 

@@ -22,7 +22,7 @@ from psyduck.config import ModelConfig
 from psyduck.errors import PsyDuckError
 
 # the setting that gives the output layer a bias, as the refusal names it
-OUTPUT_BIAS_SETTING = "model.bias=true with tie_embeddings=false"
+OUTPUT_BIAS_SETTING = "model.head_bias=true"
 
 
 def output_bias(state: dict[str, torch.Tensor], cfg: ModelConfig) -> torch.Tensor | None:  # noqa: ARG001
@@ -120,6 +120,6 @@ def logical_tensors(model: torch.nn.Module, family: str, label: str) -> dict[str
             target = "GPT-2" if gpt2 else family.capitalize()
             raise PsyDuckError(
                 f"cannot export to {label}: the output layer has a non-zero bias ({OUTPUT_BIAS_SETTING}) "
-                f"and {target} has none; export a model trained with tie_embeddings=true or bias=false"
+                f"and {target} has none; export a model trained with model.head_bias=false"
             )
     return {k: v.contiguous() for k, v in out.items()}

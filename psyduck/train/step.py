@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from psyduck.config import TrainConfig
+from psyduck.losses import OutputLoss, plain_loss
 from psyduck.train.distributed import Distributed
 
 
@@ -75,7 +76,7 @@ class StepSetup:
     accum: int = 1  # micro-batches per step in this process
     autocast: AbstractContextManager[Any] = field(default_factory=nullcontext)
     scaler: torch.amp.GradScaler = field(default_factory=_disabled_scaler)  # enabled for float16 only
-    full_logits: bool = True  # the loss choice: keep the (B, T, V) logits or not (losses.use_fused_loss)
+    loss: OutputLoss = plain_loss  # the output layer + loss, as train.loss names it (losses.make_loss)
     ranks: Distributed = field(default_factory=Distributed)  # the processes sharing each step
 
 
@@ -115,7 +116,7 @@ def accumulate_gradients(setup: StepSetup, x: torch.Tensor, y: torch.Tensor) -> 
         if setup.ranks.enabled and micro < accum - 1:
             sync = setup.net.no_sync()  # only the last micro-batch all-reduces gradients
         with sync, setup.autocast:
-            _, loss = setup.net(x[sl], y[sl], return_logits=setup.full_logits)
+            _, loss = setup.net(x[sl], y[sl], loss=setup.loss)
         setup.scaler.scale(loss / accum).backward()
         total += loss.detach().float()
     total /= accum

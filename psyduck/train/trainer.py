@@ -36,7 +36,7 @@ from psyduck.config import Config
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
 from psyduck.generate import GenerationParams, stream_text
-from psyduck.losses import use_fused_loss
+from psyduck.losses import FusedLoss, make_loss
 from psyduck.model import GPT
 from psyduck.tokenizer import Tokenizer, load_tokenizer
 from psyduck.train.distributed import Distributed
@@ -77,6 +77,8 @@ class Trainer:
         self.dtype = hardware.pick_dtype(self.device, t.dtype)
         self.autocast = hardware.autocast(self.device, self.dtype)
         self.accum = t.grad_accum // self.dist.world_size
+        self.loss = make_loss(t.loss, self.device)  # the output layer + loss, as train.loss names it
+        self.eval_loss = self.loss if isinstance(self.loss, FusedLoss) else FusedLoss()  # evaluation never holds the logits
         self.run_log = RunLog(self.out)
         self._build_model()
         self.tokens_per_step = t.batch_size * self.cfg.model.block_size * t.grad_accum
@@ -144,7 +146,7 @@ class Trainer:
             net=self.dist.wrap(net, self.device), model=self.model, optimizer=self.optimizer, train=t,
             accum=self.accum, autocast=self.autocast,
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16),
-            full_logits=not use_fused_loss(t.loss, self.device),  # plain loss: keep the (B, T, V) logits
+            loss=self.loss,
             ranks=self.dist,
         )
 
@@ -176,7 +178,7 @@ class Trainer:
             for _ in range(t.eval_iters):
                 x, y = self.data.get_batch(split, t.batch_size, self.cfg.model.block_size, g)
                 with self.autocast:
-                    _, loss = self.model(x.to(self.device), y.to(self.device), return_logits=False)
+                    _, loss = self.model(x.to(self.device), y.to(self.device), loss=self.eval_loss)
                 losses.append(loss.item())
             out[split] = sum(losses) / len(losses)
         self.model.train()
