@@ -62,7 +62,7 @@ from common import (  # noqa: E402
 
 from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
-from psyduck.losses import make_loss  # noqa: E402
+from psyduck.losses import FusedLoss, make_loss  # noqa: E402
 from psyduck.model import GPT  # noqa: E402
 from psyduck.train import StepSetup, lr_at, make_optimizer, train_step  # noqa: E402
 
