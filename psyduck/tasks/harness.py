@@ -20,7 +20,9 @@ its `psyduck export --format hf` copy score alike:
   slides instead: the context keeps its last block_size tokens and each new token sees the newest
   block_size. Sampling is not offered (`do_sample=true` is refused): benchmarks decode greedily.
 
-All three are batched and run where the model is (`device=cpu|cuda|cuda:N|mps|auto`).
+All three are batched and run where the model is (`device=cpu|cuda|cuda:N|mps|auto`). Through the
+harness's command line give the device and batch size as its own flags (`--device cpu --batch_size
+16`, defaults cuda:0 and 1), not in --model_args: the harness passes both to every model itself.
 """
 
 from __future__ import annotations
@@ -42,11 +44,18 @@ DEFAULT_BATCH_SIZE = 16
 
 
 def load_model(run: str, device: str | None, checkpoint: str | None) -> tuple[torch.nn.Module, Any]:
-    """(model in eval mode, tokenizer) of a run: the one place this package loads runs."""
+    """(model in eval mode, tokenizer) of a run: the one place this package loads runs.
+
+    Like the harness's HF model, a CUDA device on a machine without one means "the best there is":
+    the harness's command line asks for cuda:0 whenever --device is not given.
+    """
     from psyduck.checkpoint import load_run
     from psyduck.hardware import pick_device
 
-    return load_run(run, device=pick_device(device or "auto"), checkpoint=checkpoint)
+    if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
+        log.info("device %s not available here; using the best available", device)
+        device = "auto"
+    return load_run(run, device=pick_device(device), checkpoint=checkpoint)
 
 
 def parse_batch_size(value: int | str | None) -> int:

@@ -74,6 +74,9 @@ def evaluate_tasks(
 
     from psyduck.tasks.harness import PsyDuckLM
 
+    from psyduck.hardware import pick_device
+
+    device = str(pick_device(device))  # refuse a device that is not here, as every psyduck command does
     lm = PsyDuckLM(run=str(run), checkpoint=checkpoint, batch_size=batch_size, device=device)
     try:
         output = lm_eval.simple_evaluate(
