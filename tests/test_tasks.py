@@ -255,3 +255,30 @@ def test_uncached_data_offline_and_missing_files_are_one_line(trained_run, tmp_p
     assert "'gone_task'" in str(e.value) and "missing" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(PsyDuckError, match="not a folder"):
         evaluate_tasks(trained_run, ["x"], include_path=tmp_path / "nope")
+
+
+def test_generation_is_greedy_batched_like_one_at_a_time_and_refuses_sampling(loaded):
+    from types import SimpleNamespace
+
+    from psyduck.tasks.harness import PsyDuckLM
+
+    model, tok = loaded
+    prompts = ["The history of", "Music is", "A film is a story told"]
+    settings = {"until": ["\n"], "max_gen_toks": 40, "do_sample": False}  # 40 > the 32-token window: it slides
+    requests = [SimpleNamespace(args=(p, settings)) for p in prompts]
+    batched = PsyDuckLM(model=model, tokenizer=tok, batch_size=3).generate_until(requests)
+    alone = [PsyDuckLM(model=model, tokenizer=tok, batch_size=1).generate_until([r])[0] for r in requests]
+    assert batched == alone and all(batched) and not any("\n" in t for t in batched)
+    with pytest.raises(PsyDuckError, match="do_sample=false"):
+        PsyDuckLM(model=model, tokenizer=tok).generate_until([SimpleNamespace(args=("x", {"do_sample": True, "temperature": 1.0}))])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_scores_on_cuda_equal_cpu(loaded, task_dir):
+    import copy
+
+    model, tok = loaded
+    items = [hellaswag_item(json.loads(line)) for line in (task_dir / "hs.jsonl").read_text().splitlines()]
+    cpu = score_multiple_choice(model, tok, items)
+    gpu = score_multiple_choice(copy.deepcopy(model).cuda(), tok, items)
+    assert gpu["acc"] == cpu["acc"] and gpu["acc_norm"] == cpu["acc_norm"]
