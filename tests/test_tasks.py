@@ -282,3 +282,11 @@ def test_scores_on_cuda_equal_cpu(loaded, task_dir):
     cpu = score_multiple_choice(model, tok, items)
     gpu = score_multiple_choice(copy.deepcopy(model).cuda(), tok, items)
     assert gpu["acc"] == cpu["acc"] and gpu["acc_norm"] == cpu["acc_norm"]
+
+
+def test_task_flags_without_tasks_are_one_line(trained_run, capsys):
+    from psyduck.cli import main
+
+    assert main(["eval", str(trained_run), "--limit", "3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "go with --tasks" in err[0]

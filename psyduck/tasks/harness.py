@@ -37,7 +37,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from psyduck.errors import PsyDuckError
-from psyduck.tasks.scoring import TextTokenizer, forward_logits, score_continuations
+from psyduck.tasks.scoring import TextTokenizer, forward_logits, right_pad, score_continuations
 
 log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
@@ -75,7 +75,9 @@ def parse_batch_size(value: int | str | None) -> int:
 class PsyDuckLM(TemplateLM):
     """lm-evaluation-harness's view of a PsyDuck run: `model_args run=RUN[,checkpoint=..,batch_size=..,device=..]`.
 
-    Or wrap a model already in memory: `PsyDuckLM(model=model, tokenizer=tokenizer)`.
+    Or wrap a model already in memory: `PsyDuckLM(model=model, tokenizer=tokenizer)`. "auto" batch
+    sizes mean the default, and `max_batch_size` (which the harness always passes) is ignored: there
+    is no automatic batch sizing.
     """
 
     def __init__(
@@ -184,10 +186,7 @@ def greedy_until(lm: PsyDuckLM, prompts: list[list[int]], max_new: int, until: l
         if not active:
             break
         windows = [seqs[i][-lm.block_size :] for i in active]
-        idx = torch.zeros((len(windows), max(len(w) for w in windows)), dtype=torch.long)
-        for r, w in enumerate(windows):
-            idx[r, : len(w)] = torch.tensor(w)
-        logits = forward_logits(lm.model, idx.to(lm.device))  # (B, T, V)
+        logits = forward_logits(lm.model, right_pad(windows).to(lm.device))  # (B, T, V)
         last = torch.tensor([len(w) - 1 for w in windows], device=logits.device)
         picks = logits[torch.arange(len(windows), device=logits.device), last].argmax(dim=-1).tolist()
         still = []

@@ -68,6 +68,8 @@ def evaluate_tasks(
     `limit` scores only each task's first N documents (a quick look; the standard errors say how
     rough). With `save`, the scores are merged into RUN/tasks.json.
     """
+    if limit is not None and limit < 1:
+        raise PsyDuckError(f"--limit must be at least 1 document per task, got {limit}")
     manager = task_manager(include_path, include_defaults)
     check_task_names(tasks, manager)
     import lm_eval
@@ -147,10 +149,8 @@ def save_scores(run: str | Path, scores: dict[str, dict[str, Any]], settings: di
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write a temp file in the same folder, fsync it, rename it over `path`: readers never see half a file.
-
-    TODO(lead): the same as the atomic writer in psyduck/checkpoint.py (io.py after the refactor).
-    """
+    """Write a temp file in the same folder, fsync it, rename it over `path`: readers never see half a file."""
+    # TODO(lead): fold into the one atomic writer (psyduck/checkpoint.py today, io.py after the refactor).
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

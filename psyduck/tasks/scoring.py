@@ -63,6 +63,14 @@ def forward_logits(model: torch.nn.Module, idx: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def right_pad(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Rows of ids as one (B, longest) batch, zeros after each row's end (read nothing there)."""
+    idx = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
+    for r, row in enumerate(rows):
+        idx[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return idx
+
+
 def encode_pair(tokenizer: TextTokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) exactly as lm-evaluation-harness tokenizes a request.
 
@@ -111,11 +119,7 @@ def score_continuations(
                     )
                 rows.append((context + cont)[-(block + 1) :][:-1])
                 conts.append(cont)
-            width = max(len(r) for r in rows)
-            idx = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, row in enumerate(rows):
-                idx[r, : len(row)] = torch.tensor(row)
-            logits = forward_logits(model, idx.to(device))  # (B, width, V)
+            logits = forward_logits(model, right_pad(rows).to(device))  # (B, T, V)
             for r, (row, cont) in enumerate(zip(rows, conts, strict=True)):
                 logprobs = F.log_softmax(logits[r, len(row) - len(cont) : len(row)].float(), dim=-1)  # (n, V)
                 target = torch.tensor(cont, device=logprobs.device)
