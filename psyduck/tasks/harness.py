@@ -52,10 +52,10 @@ def load_model(run: str, device: str | None, checkpoint: str | None) -> tuple[to
     from psyduck.checkpoint import load_run
     from psyduck.hardware import pick_device
 
-    if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
-        log.info("device %s not available here; using the best available", device)
-        device = "auto"
-    return load_run(run, device=pick_device(device), checkpoint=checkpoint)
+    if device is not None and device.startswith("cuda") and not torch.cuda.is_available():
+        log.info("no CUDA GPU here for device %s; using the best device there is", device)
+        device = None
+    return load_run(run, device=pick_device(device or "auto"), checkpoint=checkpoint)
 
 
 def parse_batch_size(value: int | str | None) -> int:
