@@ -91,6 +91,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.tasks is not None:
+        cmd_eval_tasks(args)
+        return
+    if args.include_path or args.limit is not None:
+        raise PsyDuckError("--include-path and --limit go with --tasks; e.g. psyduck eval RUN --tasks hellaswag --limit 100")
     from psyduck.data.loader import TokenData
     from psyduck.evaluate import evaluate
     from psyduck.hardware import pick_device
@@ -119,6 +124,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if "word_perplexity" in res:
         line += f"; word perplexity {res['word_perplexity']:.2f} over {res['words']:,} words"
     print(line)
+
+
+def cmd_eval_tasks(args: argparse.Namespace) -> None:
+    """`psyduck eval RUN --tasks a,b`: benchmark scores through lm-evaluation-harness (psyduck.tasks.run)."""
+    from psyduck.tasks.run import evaluate_tasks, format_table
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    scores = evaluate_tasks(
+        args.run, tasks, include_path=args.include_path, limit=args.limit, batch_size=args.batch_size,
+        device=args.device, checkpoint=args.checkpoint,
+    )
+    print(json.dumps(scores) if args.json else format_table(scores))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -187,10 +204,18 @@ def make_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser(
-        "eval", help="loss, perplexity and bits per byte of a run on held-out data",
-        description="Loss, perplexity and bits per byte over every token of a split, each predicted once.",
+        "eval", help="loss, perplexity and bits per byte of a run on held-out data, or benchmark tasks",
+        description="Loss, perplexity and bits per byte over every token of a split, each predicted once; "
+        "with --tasks, standard benchmarks (HellaSwag, ARC, PIQA, LAMBADA...) through lm-evaluation-harness.",
     )
     s.add_argument("run")
+    s.add_argument(
+        "--tasks",
+        help="comma-separated lm-evaluation-harness tasks, e.g. hellaswag,arc_easy (needs pip install "
+        "'psyduck[eval]'); prints each metric with its standard error and saves them in RUN/tasks.json",
+    )
+    s.add_argument("--include-path", help="with --tasks: a folder of your own task YAML files")
+    s.add_argument("--limit", type=int, default=None, help="with --tasks: score only each task's first N documents")
     s.add_argument("--split", default="val", help="val (default), test (WikiText) or train")
     s.add_argument("--data", help="data folder (default: the run's)")
     s.add_argument("--batch-size", type=int, default=16)
