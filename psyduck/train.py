@@ -167,11 +167,7 @@ class Trainer:
         else:
             cfg.model.vocab_size = self.data.vocab_size
         for split in ("train", "val"):
-            if self.data.num_tokens(split) < cfg.model.block_size + 1:
-                raise PsyDuckError(
-                    f"the {split} split has {self.data.num_tokens(split)} tokens, fewer than one context window "
-                    f"(block_size+1 = {cfg.model.block_size + 1}); use more text or a smaller --block-size"
-                )
+            self.data.check_fits(split, cfg.model.block_size)
 
         # -- device, precision, processes ----------------------------------------------------
         if self.dist.enabled:

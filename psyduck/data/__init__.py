@@ -1,13 +1,12 @@
-"""The data pipeline: text -> token shards -> batches.
+"""The data pipeline: text -> token shards -> batches. Import from the module you need:
 
-- `sources`: where text comes from (`iter_documents("wiki-vital")`, your own files via "text",
+- `document`: `Document`, one unit of text (an article, a story, a file) and what its source knows.
+- `sources`: where text comes from (`read_documents("wiki-vital")`, your own files via "text",
   WikiText via `wikitext`, the sales textbook via `download`).
+- `shards`: the on-disk format (meta.json's version, the token dtype, the shard writer).
 - `prepare`: tokenize a source once into train/val(/test) shards plus meta.json (`prepare(...)`).
 - `loader`: memory-map those shards and cut them into training and evaluation batches (`TokenData`).
+
+Nothing is imported here, so `psyduck prepare` never pays for (or needs) PyTorch: only the loader
+imports it.
 """
-
-from psyduck.data.loader import TokenData
-from psyduck.data.prepare import prepare
-from psyduck.data.sources import SOURCES, Document, iter_documents, read_documents
-
-__all__ = ["SOURCES", "Document", "TokenData", "iter_documents", "prepare", "read_documents"]

@@ -2,14 +2,8 @@
 
 Tokenizing is slow next to training's need for data (a training step wants thousands of tokens in
 microseconds), so it happens once, ahead of time, and the result goes to disk as plain arrays that
-the loader memory-maps. `prepare` writes one folder:
-
-    out/tokenizer.json    the tokenizer (trained here for bpe-<N>, on the train split only)
-    out/train_000.bin     token ids, little-endian uint16 (vocab <= 65,536) or uint32, no header;
-    out/train_001.bin     a new shard every SHARD_TOKENS tokens
-    out/val_000.bin
-    out/test_000.bin      only for sources with their own test split (WikiText)
-    out/meta.json         what is in the shards (written last: its presence means "complete")
+the loader memory-maps. `prepare` writes one folder in the format of shards.py: the tokenizer
+(trained here for bpe-<N>, on the train split only), the split shards, and meta.json last.
 
 Design choices:
 - Every document's tokens are followed by the end-of-text id, so the model learns where texts end
@@ -49,16 +43,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from psyduck.data.sources import Document, documents, open_source
+from psyduck.data.document import Document, documents
+from psyduck.data.shards import FORMAT, SHARD_TOKENS, SPLITS, WORD_COUNT, ShardWriter, dtype_name, token_dtype
+from psyduck.data.sources import open_source
 from psyduck.errors import PsyDuckError
 from psyduck.tokenizer import Tokenizer, bpe_vocab_size, make_tokenizer
 
-FORMAT = 1  # meta.json format version
-SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB as uint16
 BATCH_BYTES = 1 << 20  # text per encoding task: large enough to amortize, small enough to bound memory
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
-SPLITS = ("train", "val", "test")
-WORD_COUNT = "WikiText words: str.split() tokens of each original line, plus 1 end-of-line per line"
 _LINE_START = re.compile(r"\n(?=\S)")  # a newline followed by a non-space: a safe place to cut
 
 
@@ -68,16 +60,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest little-endian unsigned integer type that holds every id."""
-    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
-
-
-def dtype_name(dtype: np.dtype) -> str:
-    """"uint16" or "uint32", as written in meta.json."""
-    return f"uint{dtype.itemsize * 8}"
 
 
 def _cut_point(text: str, fraction: float) -> int:
@@ -146,45 +128,6 @@ class _Plan:
 
     def train_texts(self) -> Iterator[str]:
         return (doc.text for doc in self.documents() if doc.split == "train")
-
-
-class _ShardWriter:
-    """Appends token ids to out/<split>_000.bin, _001.bin, ... starting a new file every `cap` tokens."""
-
-    def __init__(self, out: Path, split: str, dtype: np.dtype, cap: int) -> None:
-        self.out, self.split, self.dtype, self.cap = out, split, dtype, cap
-        self.shards: list[str] = []
-        self.tokens = self.bytes = self.documents = 0
-        self.words: int | None = None  # summed only when documents carry word counts
-        self._file = None
-        self._room = 0  # tokens the open shard can still take
-
-    def write(self, ids: np.ndarray) -> None:
-        while len(ids):
-            if self._room == 0:
-                self._next_shard()
-            chunk, ids = ids[: self._room], ids[self._room :]
-            chunk.astype(self.dtype, copy=False).tofile(self._file)
-            self._room -= len(chunk)
-            self.tokens += len(chunk)
-
-    def _next_shard(self) -> None:
-        self.close()
-        name = f"{self.split}_{len(self.shards):03d}.bin"
-        self.shards.append(name)
-        self._file = open(self.out / name, "wb")
-        self._room = self.cap
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def summary(self) -> dict:
-        info = {"shards": self.shards, "tokens": self.tokens, "bytes": self.bytes, "documents": self.documents}
-        if self.words is not None:
-            info["words"] = self.words
-        return info
 
 
 def _pieces(text: str) -> Iterator[tuple[str, bool]]:
@@ -265,7 +208,7 @@ def prepare(
     tok.save(out)
 
     dtype = token_dtype(tok.vocab_size)
-    writers: dict[str, _ShardWriter] = {}
+    writers: dict[str, ShardWriter] = {}
     n_threads = max(1, threads or cpu_count())
     bar = tqdm(
         total=plan.total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {source}",
@@ -289,7 +232,7 @@ def prepare(
             split = doc.split
             assert split is not None
             if split not in writers:
-                writers[split] = _ShardWriter(out, split, dtype, shard_tokens)
+                writers[split] = ShardWriter(out, split, dtype, shard_tokens)
             writer = writers[split]
             nbytes = len(doc.text.encode("utf-8"))
             writer.documents += 1

@@ -1,9 +1,4 @@
-"""Where training text comes from: each source yields documents, one string per document.
-
-A *document* is a unit of text that belongs together (an article, a story, a file). Documents matter
-twice downstream: the train/val split is made per document (so no article is half in each), and in
-the token shards every document ends with the end-of-text token, which teaches the model where one
-text stops and the next, unrelated one begins.
+"""Where training text comes from: each source yields documents (see document.py), one per text.
 
 Sources:
 - ``wiki-vital``: the embedded corpus, 10,033 English Wikipedia article summaries (4.9 MB) shipped
@@ -36,9 +31,9 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
 
 from psyduck.data import wikitext
+from psyduck.data.document import Document, documents
 from psyduck.data.download import cache_dir, fetch
 from psyduck.errors import PsyDuckError
 
@@ -52,14 +47,6 @@ SALES_URL = (
 )
 SALES_URL_ENV = "PSYDUCK_SALES_TEXTBOOK_URL"  # overrides SALES_URL (a mirror; the tests' local server)
 SALES_FILE = "sales_textbook.txt"
-
-
-class Document(NamedTuple):
-    """One document, with what its source knows about it beyond the text."""
-
-    text: str
-    split: str | None = None  # the source's own split ("train", "val", "test"); None: prepare picks
-    words: int | None = None  # WikiText word count of the lines it came from (see wikitext.py)
 
 
 def wiki_vital_file() -> Path:
@@ -140,23 +127,9 @@ def open_source(source: str, path: str | None = None) -> Iterable[str | Document
     return SOURCES[source](path)
 
 
-def documents(raw: Iterable[str | Document]) -> Iterator[Document]:
-    """Every non-blank document of what a source yielded, stripped, as `Document`s."""
-    for item in raw:
-        doc = Document(item) if isinstance(item, str) else item
-        text = doc.text.strip()
-        if text:
-            yield doc._replace(text=text) if len(text) != len(doc.text) else doc
-
-
 def read_documents(source: str, path: str | None = None) -> Iterator[Document]:
-    """Every non-blank document of a source as a `Document`, in a fixed order (the same on every run)."""
-    return documents(open_source(source, path))
-
-
-def iter_documents(source: str, path: str | None = None) -> Iterator[str]:
     """Every non-blank document of a source, stripped, in a fixed order (the same on every run).
 
     Mistakes (unknown source, missing path) raise here, before the first document is read.
     """
-    return (doc.text for doc in read_documents(source, path))
+    return documents(open_source(source, path))

@@ -48,12 +48,10 @@ import re
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, ContextManager
+from typing import BinaryIO, ContextManager
 
+from psyduck.data.document import Document
 from psyduck.errors import PsyDuckError
-
-if TYPE_CHECKING:
-    from psyduck.data.sources import Document
 
 CONFIGS = {  # PsyDuck source name -> Hugging Face config name (also the name of the original zip)
     "wikitext-103": "wikitext-103-raw-v1",
@@ -77,15 +75,8 @@ def is_title(line: str) -> bool:
     return line.startswith("= ") and _TITLE.fullmatch(line) is not None
 
 
-def count_words(line: str) -> int:
-    """The WikiText word count of one line: its whitespace-separated tokens plus one end-of-line."""
-    return len(line.split()) + 1
-
-
 def articles(split: str, batches: Iterator[list[str]]) -> Iterator[Document]:
     """Join lines (in batches, as read) into one Document per article, with its word count."""
-    from psyduck.data.sources import Document
-
     lines: list[str] = []
     has_text = False  # the pending lines hold more than blank ones
 
