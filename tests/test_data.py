@@ -91,7 +91,8 @@ def test_wiki_vital_source_yields_article_extracts() -> None:
 
 def test_sources_table_names() -> None:
     assert list(SOURCES) == [
-        "wiki-vital", "text", "sales-textbook", "wikitext-103", "wikitext-103-v1", "wikitext-2", "wikitext-2-v1", "files",
+        "wiki-vital", "text", "sales-textbook", "wikitext-103", "wikitext-103-v1", "wikitext-2", "wikitext-2-v1", "files", "hf",
+        "tinystories", "fineweb-edu",
     ]
 
 
@@ -190,25 +191,30 @@ def test_rerun_over_a_folder_removes_stale_shards(corpus: Path, tmp_path: Path) 
     assert sorted(p.name for p in out.glob("*.bin")) == ["train_000.bin", "val_000.bin"]
 
 
-def test_interrupted_prepare_leaves_no_meta(corpus: Path, tmp_path: Path) -> None:
+def test_interrupted_prepare_leaves_the_old_data_whole(corpus: Path, tmp_path: Path) -> None:
+    """A re-prepare that dies keeps the previous data loadable; a first one that dies leaves no folder."""
     out = prepare("text", "cl100k_base", tmp_path / "d", path=str(corpus), show_progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     tok = make_tokenizer("cl100k_base")
 
     class Killed(Exception):
         pass
 
-    def crash(texts: list[str]) -> list[np.ndarray]:
-        raise Killed
+    class Broken(type(tok)):  # a tokenizer that dies on its first batch
+        def encode_to_arrays(self, texts: list[str]) -> list[np.ndarray]:
+            raise Killed
 
-    broken = type(tok)(tok.name, tok.vocab_size, tok.eot_id, encoding=tok._encoding)
-    broken.encode_to_arrays = crash  # type: ignore[method-assign]
+    broken = Broken(tok.name, tok.vocab_size, tok.eot_id, encoding=tok._encoding)
     with pytest.raises(Killed):
         prepare("text", broken, out, path=str(corpus), show_progress=False)
-    assert not (out / "meta.json").exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    TokenData(out)
+    with pytest.raises(Killed):
+        prepare("text", broken, tmp_path / "new", path=str(corpus), show_progress=False)
     with pytest.raises(PsyDuckError) as e:
-        TokenData(out)
+        TokenData(tmp_path / "new")
     assert str(e.value) == (
-        f"data folder {out} has no meta.json (prepare did not finish); run `psyduck prepare wiki-vital --out {out}`"
+        f"data folder not found: {tmp_path / 'new'}; run `psyduck prepare wiki-vital --out {tmp_path / 'new'}` first"
     )
 
 
@@ -338,15 +344,20 @@ def test_error_empty_corpus(tmp_path: Path) -> None:
 def test_error_unknown_source(tmp_path: Path) -> None:
     expected = (
         "unknown source 'wikipedia'; valid sources: wiki-vital, text, sales-textbook, wikitext-103, "
-        "wikitext-103-v1, wikitext-2, wikitext-2-v1, files (text and files need --path FILE_OR_FOLDER)"
+        "wikitext-103-v1, wikitext-2, wikitext-2-v1, files, hf, tinystories, fineweb-edu "
+        "(text and files need --path FILE_OR_FOLDER, hf a dataset name)"
     )
     assert error(prepare, "wikipedia", "cl100k_base", tmp_path, show_progress=False) == expected
     assert error(read_documents, "wikipedia") == expected
 
 
 def test_error_unknown_tokenizer(tmp_path: Path) -> None:
-    assert error(prepare, "wiki-vital", "gpt2", tmp_path / "x", show_progress=False) == (
-        "unknown tokenizer 'gpt2'; use 'cl100k_base' or 'bpe-<N>' with N >= 257 (e.g. bpe-8192)"
+    assert error(prepare, "wiki-vital", "gpt3", tmp_path / "x", show_progress=False) == (
+        "unknown tokenizer 'gpt3'; use 'cl100k_base', 'gpt2', 'bpe-<N>' with N >= 257 (e.g. bpe-8192), "
+        "or the path of a tokenizer.json"
+    )
+    assert error(prepare, "wiki-vital", str(tmp_path / "nope.json"), tmp_path / "x", show_progress=False) == (
+        f"tokenizer file not found: {tmp_path / 'nope.json'}; run `psyduck prepare` again to write it"
     )
 
 

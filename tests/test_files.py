@@ -11,10 +11,11 @@ import random
 import tracemalloc
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import zstandard
+
+pa = pytest.importorskip("pyarrow", reason="parquet and csv need pyarrow (pip install 'psyduck[files]')")
+zstandard = pytest.importorskip("zstandard", reason=".zst files need zstandard (pip install 'psyduck[files]')")
+import pyarrow.parquet as pq  # noqa: E402
 
 from psyduck.cli import main as cli_main
 from psyduck.data.files import read_files

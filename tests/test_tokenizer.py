@@ -149,11 +149,14 @@ def test_make_tokenizer_trains_bpe(bpe: Tokenizer) -> None:
     assert made._hf.to_str() == bpe._hf.to_str()
 
 
-@pytest.mark.parametrize("spec", ["gpt2", "bpe-256", "bpe-x", "BPE-8192", "cl100k"])
+@pytest.mark.parametrize("spec", ["gpt3", "bpe-256", "bpe-x", "BPE-8192", "cl100k"])
 def test_unknown_spec(spec: str) -> None:
     with pytest.raises(PsyDuckError) as e:
         make_tokenizer(spec, ["text"])
-    assert str(e.value) == f"unknown tokenizer '{spec}'; use 'cl100k_base' or 'bpe-<N>' with N >= 257 (e.g. bpe-8192)"
+    assert str(e.value) == (
+        f"unknown tokenizer '{spec}'; use 'cl100k_base', 'gpt2', 'bpe-<N>' with N >= 257 (e.g. bpe-8192), "
+        "or the path of a tokenizer.json"
+    )
 
 
 def test_bpe_spec_needs_texts() -> None:

@@ -31,7 +31,7 @@ from psyduck.errors import PsyDuckError
 from psyduck.evaluate import evaluate
 from psyduck.tokenizer import Tokenizer, load_tokenizer, make_tokenizer
 
-prepare_module = importlib.import_module("psyduck.data.prepare")  # the module (psyduck.data.prepare is the function)
+encode_module = importlib.import_module("psyduck.data.encode")
 
 # --- a small WikiText, in the files' own format: every line starts with a space ------------------
 
@@ -254,8 +254,8 @@ def test_streaming_pipeline_is_deterministic(
         one = prepare("wikitext-2", tok, tmp_path / f"one-{tok.name}", path=str(layouts["zip"]), show_progress=False,
                       threads=1)
         with monkeypatch.context() as m:
-            m.setattr(prepare_module, "BATCH_BYTES", 200)
-            m.setattr(prepare_module, "PIECE_CHARS", 40)
+            m.setattr(encode_module, "BATCH_BYTES", 200)
+            m.setattr(encode_module, "PIECE_CHARS", 40)
             many = prepare("wikitext-2", tok, tmp_path / f"many-{tok.name}", path=str(layouts["zip"]),
                            show_progress=False, threads=3, shard_tokens=100)
         joined = {s: b"".join(v for k, v in sorted(shards(many).items()) if k.startswith(s)) for s in ("train", "val", "test")}

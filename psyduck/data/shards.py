@@ -14,6 +14,7 @@ meta.json says, per split, which shards hold it and how many tokens, UTF-8 bytes
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,6 +72,38 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def flush(self) -> None:
+        """Make what was written durable (before progress.json says it is done)."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    @classmethod
+    def restore(cls, out: Path, split: str, dtype: np.dtype, cap: int, state: dict) -> ShardWriter:
+        """A writer continuing where `state` (an earlier `summary()`) left off.
+
+        Shards before the last must be whole; the last is cut back to the recorded length (what a
+        killed prepare wrote after its last record is dropped), and later shards are deleted.
+        Raises ValueError when the files are shorter than the record (not resumable).
+        """
+        writer = cls(out, split, dtype, cap)
+        writer.shards = list(state["shards"])
+        writer.tokens, writer.bytes, writer.documents = int(state["tokens"]), int(state["bytes"]), int(state["documents"])
+        writer.words = state.get("words")
+        last = writer.tokens - cap * (len(writer.shards) - 1) if writer.shards else 0
+        for i, name in enumerate(writer.shards):
+            want = (cap if i < len(writer.shards) - 1 else last) * dtype.itemsize
+            if (out / name).stat().st_size < want or (i < len(writer.shards) - 1 and (out / name).stat().st_size != want):
+                raise ValueError(f"shard {name} is shorter than its record")
+        for extra in set(p.name for p in out.glob(f"{split}_*.bin")) - set(writer.shards):
+            (out / extra).unlink()
+        if writer.shards:
+            writer._file = open(out / writer.shards[-1], "r+b")
+            writer._file.truncate(last * dtype.itemsize)
+            writer._file.seek(0, os.SEEK_END)
+            writer._room = cap - last
+        return writer
 
     def summary(self) -> dict:
         """This split's entry in meta.json's "splits"."""

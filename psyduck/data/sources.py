@@ -10,6 +10,9 @@ Sources:
   separators; a record is one document. UTF-8 unless ``--encoding`` (see files.py, textio.py).
 - ``wikitext-103``, ``wikitext-103-v1``, ``wikitext-2``, ``wikitext-2-v1``: WikiText, one document per
   article, with the dataset's own train/val/test split and word counts (see wikitext.py).
+- ``hf`` with a dataset name (``--config``, ``--split-map``, ``--streaming``, ``--text-field``): any
+  Hugging Face dataset (see hub.py); ``tinystories`` and ``fineweb-edu``: named recipes of two
+  (see recipes.py, with the published numbers to compare against).
 - ``sales-textbook``: the small textbook the seed fine-tuned on (``sales_textbook.txt`` of the Hugging
   Face dataset goendalf666/sales-textbook_for_convincing_and_selling), downloaded once into the user
   cache (see download.py), or ``--path`` a local copy. One document: prepare cuts it into train and
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psyduck.data import wikitext
+from psyduck.data.hub import HubDataset
+from psyduck.data.recipes import RECIPES, Recipe
 from psyduck.data.document import Document, documents
 from psyduck.data.download import cache_dir, fetch
 from psyduck.data.files import read_files
@@ -53,6 +58,10 @@ class SourceOptions:
 
     text_field: str = "text"  # files, hf: the field (column) of each record that holds its text
     encoding: str | None = None  # text files, CSV: None is UTF-8
+    name: str | None = None  # hf: the dataset's hub name (or a local folder in the hub's layout)
+    config: str | None = None  # hf: the dataset's configuration (e.g. sample-10BT)
+    split_map: str | None = None  # hf: "train=train,validation=val" (hub split = PsyDuck split)
+    streaming: bool = False  # hf: read while downloading, never storing the whole dataset
 
 
 def wiki_vital_file() -> Path:
@@ -107,6 +116,22 @@ def any_files(path: str | None, options: SourceOptions) -> Iterator[str]:
     return read_files(path, options.text_field, options.encoding)
 
 
+def hf_dataset(path: str | None, options: SourceOptions) -> HubDataset:
+    """A Hugging Face dataset by name (or `path`, a local folder in the hub's layout)."""
+    o = options
+    return HubDataset(o.name or path, o.config, o.split_map, o.text_field, o.streaming)
+
+
+def _recipe(recipe: Recipe) -> Callable[[str | None, SourceOptions], HubDataset]:
+    """A recipe's dataset; options given on the command line win over the recipe's own."""
+
+    def open_recipe(path: str | None, o: SourceOptions) -> HubDataset:
+        field = o.text_field if o.text_field != SourceOptions.text_field else recipe.text_field
+        return HubDataset(path or recipe.hub_name, o.config or recipe.config, o.split_map, field, o.streaming or recipe.streaming)
+
+    return open_recipe
+
+
 def _wikitext(name: str) -> Callable[[str | None, SourceOptions], Iterable[Document]]:
     return lambda path, options: wikitext.WikiText(name, path)
 
@@ -118,6 +143,8 @@ SOURCES: dict[str, Callable[[str | None, SourceOptions], Iterable[str | Document
     "sales-textbook": sales_textbook,
     **{name: _wikitext(name) for name in wikitext.CONFIGS},
     "files": any_files,
+    "hf": hf_dataset,
+    **{name: _recipe(recipe) for name, recipe in RECIPES.items()},
 }
 
 
@@ -125,7 +152,7 @@ def open_source(source: str, path: str | None = None, options: SourceOptions | N
     """What `SOURCES[source](path, options)` yields, raw; mistakes (unknown source, missing path) raise here."""
     if source not in SOURCES:
         valid = ", ".join(SOURCES)
-        raise PsyDuckError(f"unknown source '{source}'; valid sources: {valid} (text and files need --path FILE_OR_FOLDER)")
+        raise PsyDuckError(f"unknown source '{source}'; valid sources: {valid} (text and files need --path FILE_OR_FOLDER, hf a dataset name)")
     return SOURCES[source](path, options or SourceOptions())
 
 
