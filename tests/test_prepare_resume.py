@@ -115,6 +115,17 @@ def test_other_arguments_start_over(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert files(tmp_path / "out") == files(prepare("text", tok, tmp_path / "b", path=src, seed=7, show_progress=False))
 
 
+def test_a_changed_corpus_starts_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_batches(monkeypatch)
+    root = corpus(tmp_path / "c")
+    tok = make_tokenizer("cl100k_base")
+    with pytest.raises(Killed):
+        prepare("text", dying(tok, 5), tmp_path / "out", path=str(root), show_progress=False)
+    (root / "doc999.txt").write_text("A new document, added after the crash.")
+    out = prepare("text", tok, tmp_path / "out", path=str(root), show_progress=False)
+    assert files(out) == files(prepare("text", tok, tmp_path / "fresh", path=str(root), show_progress=False))
+
+
 def test_refuses_a_run_folder_or_foreign_files_without_force(tmp_path: Path, capsys) -> None:
     src = str(corpus(tmp_path / "c", n=20))
     run = tmp_path / "run"

@@ -27,6 +27,7 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import shutil
@@ -134,7 +135,12 @@ def prepare(
         "tokenizer_sample": tokenizer_sample,
     }
     partial = partial_dir(out)
-    plan = Plan(source, path, options, val_fraction, seed)  # mistakes in source or path raise here
+    job["signature"] = _signature(path)
+    earlier = read_progress(partial)
+    known = None
+    if earlier is not None and earlier.get("job") == job and job["signature"] is not None and earlier.get("count"):
+        known = (earlier["count"], earlier.get("total_bytes"))  # the same files as last time: no need to count again
+    plan = Plan(source, path, options, val_fraction, seed, known)  # mistakes in source or path raise here
     progress = _resume_state(partial, job, plan.count, show_progress)
     if progress is not None and progress.get("complete"):
         return _finish(partial, out)
@@ -144,7 +150,8 @@ def prepare(
     if writers is None:  # a fresh start, or files that do not match their record
         shutil.rmtree(partial)
         tok.save(partial)
-        progress = {"job": job, "count": plan.count, "documents": 0, "splits": {}, "train_full": False}
+        progress = {"job": job, "count": plan.count, "total_bytes": plan.total_bytes, "documents": 0, "splits": {},
+                    "train_full": False}
         write_json_atomic(partial / PROGRESS, progress)
         writers = {}
     encoder = Encoder(
@@ -158,6 +165,20 @@ def prepare(
     _write_meta(partial, encoder, tok, plan, source, path, options, val_fraction, seed, max_tokens)
     write_json_atomic(partial / PROGRESS, {**progress, "complete": True})
     return _finish(partial, out)
+
+
+def _signature(path: str | None) -> str | None:
+    """A cheap hash of the files at `path` (names, sizes, modification times): a resume trusts the
+    earlier count of documents only while it is unchanged. None without a local path."""
+    if path is None or not Path(path).exists():
+        return None
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(root) if f != root else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _restore_writers(partial: Path, progress: dict, dtype, cap: int) -> dict[str, ShardWriter] | None:  # noqa: ANN001

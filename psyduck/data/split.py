@@ -66,7 +66,11 @@ class Plan:
     `total_bytes` the UTF-8 bytes of text, or an estimate, or None.
     """
 
-    def __init__(self, source: str, path: str | None, options: SourceOptions, val_fraction: float, seed: int) -> None:
+    def __init__(
+        self, source: str, path: str | None, options: SourceOptions, val_fraction: float, seed: int,
+        known: tuple[int, int | None] | None = None,
+    ) -> None:
+        """`known` (count, total_bytes) from an earlier pass over the same, unchanged corpus skips counting."""
         self.source, self.path, self.options = source, path, options
         raw = open_source(source, path, options)  # mistakes in source or path raise here
         docs = documents(raw)
@@ -85,9 +89,12 @@ class Plan:
             self.total_bytes: int | None = getattr(raw, "size_hint", None)
             self._open = itertools.chain([first], docs)
             return
-        count, self.total_bytes = 1, len(first.text.encode("utf-8"))
-        for doc in docs:
-            count, self.total_bytes = count + 1, self.total_bytes + len(doc.text.encode("utf-8"))
+        if known is not None:
+            count, self.total_bytes = known
+        else:
+            count, self.total_bytes = 1, len(first.text.encode("utf-8"))
+            for doc in docs:
+                count, self.total_bytes = count + 1, self.total_bytes + len(doc.text.encode("utf-8"))
         self.count = count
         if count == 1:
             if len(first.text) < 2:
