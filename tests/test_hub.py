@@ -156,3 +156,15 @@ def test_offline_unknown_name_is_one_line(tmp_path: Path) -> None:
     lines = [line for line in done.stderr.splitlines() if line.startswith("psyduck: error:")]
     assert len(lines) == 1 and lines[0].startswith("psyduck: error: cannot load 'nobody/nothing': the hub is unreachable")
     assert lines[0].endswith("connect once to download it, or set HF_HOME to a cache that holds it")
+
+
+def test_prepare_hf_from_the_command_line(tmp_path: Path) -> None:
+    from psyduck.cli import main as cli_main
+
+    folder = hub_folder(tmp_path / "ds", {"train": STORIES * 5})
+    out = tmp_path / "o"
+    assert cli_main(["prepare", "hf", str(folder), "--streaming", "--max-tokens", "2K", "--tokenizer", "cl100k_base",
+                     "--out", str(out)]) == 0
+    meta = TokenData(out).meta
+    assert meta["max_tokens"] == 2000 and meta["splits"]["train"]["tokens"] >= 2000
+    assert meta["options"] == {"name": str(folder), "streaming": True}

@@ -132,28 +132,18 @@ def prepare(
         "format": FORMAT, "source": source, "path": path, "options": dataclasses.asdict(options),
         "tokenizer": tokenizer if isinstance(tokenizer, str) else f"{tokenizer.name}:{tokenizer.fingerprint}",
         "val_fraction": val_fraction, "seed": seed, "shard_tokens": shard_tokens, "max_tokens": max_tokens,
-        "tokenizer_sample": tokenizer_sample,
+        "tokenizer_sample": tokenizer_sample, "signature": _signature(path),
     }
     partial = partial_dir(out)
-    job["signature"] = _signature(path)
-    earlier = read_progress(partial)
-    known = None
-    if earlier is not None and earlier.get("job") == job and job["signature"] is not None and earlier.get("count"):
-        known = (earlier["count"], earlier.get("total_bytes"))  # the same files as last time: no need to count again
+    earlier = read_progress(partial)  # the same files as last time: no need to count them again
+    known = (earlier["count"], earlier.get("total_bytes")) if _same_files(earlier, job) else None
     plan = Plan(source, path, options, val_fraction, seed, known)  # mistakes in source or path raise here
     progress = _resume_state(partial, job, plan.count, show_progress)
     if progress is not None and progress.get("complete"):
         return _finish(partial, out)
     tok = _tokenizer(tokenizer, plan, partial, progress is not None, tokenizer_sample, show_progress)
     dtype = token_dtype(tok.vocab_size)
-    writers = _restore_writers(partial, progress, dtype, shard_tokens) if progress is not None else None
-    if writers is None:  # a fresh start, or files that do not match their record
-        shutil.rmtree(partial)
-        tok.save(partial)
-        progress = {"job": job, "count": plan.count, "total_bytes": plan.total_bytes, "documents": 0, "splits": {},
-                    "train_full": False}
-        write_json_atomic(partial / PROGRESS, progress)
-        writers = {}
+    progress, writers = _start(partial, job, plan, tok, progress, shard_tokens)
     encoder = Encoder(
         partial, tok, dtype, shard_tokens, max(1, threads or cpu_count()), writers,
         max_tokens, stop_all=not plan.own_splits, train_full=bool(progress.get("train_full")),
@@ -165,6 +155,28 @@ def prepare(
     _write_meta(partial, encoder, tok, plan, source, path, options, val_fraction, seed, max_tokens)
     write_json_atomic(partial / PROGRESS, {**progress, "complete": True})
     return _finish(partial, out)
+
+
+def _start(
+    partial: Path, job: dict, plan: Plan, tok: Tokenizer, progress: dict | None, shard_tokens: int
+) -> tuple[dict, dict[str, ShardWriter]]:
+    """The progress record and shard writers to continue from: restored from `progress`, or a
+    fresh start (tokenizer saved, nothing done) when there is none or its files do not match it."""
+    dtype = token_dtype(tok.vocab_size)
+    writers = _restore_writers(partial, progress, dtype, shard_tokens) if progress is not None else None
+    if progress is not None and writers is not None:
+        return progress, writers
+    shutil.rmtree(partial)
+    tok.save(partial)
+    progress = {"job": job, "count": plan.count, "total_bytes": plan.total_bytes, "documents": 0, "splits": {},
+                "train_full": False}
+    write_json_atomic(partial / PROGRESS, progress)
+    return progress, {}
+
+
+def _same_files(earlier: dict | None, job: dict) -> bool:
+    """Whether an earlier record is of this job over files that have not changed since."""
+    return earlier is not None and earlier.get("job") == job and job["signature"] is not None and bool(earlier.get("count"))
 
 
 def _signature(path: str | None) -> str | None:
