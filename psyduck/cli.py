@@ -64,23 +64,23 @@ def parse_count(text: str) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from psyduck.data.prepare import prepare
+    from psyduck.data.prepare import TOKENIZER_SAMPLE, prepare
     from psyduck.data.sources import SourceOptions
 
+    if args.name and args.source != "hf":
+        raise PsyDuckError(f"only the hf source takes a dataset name; drop '{args.name}' or use `psyduck prepare hf {args.name}`")
     base = args.name.rstrip("/").rsplit("/", 1)[-1] if args.source == "hf" and args.name else args.source
     suffix = "" if args.tokenizer.startswith("bpe") or args.tokenizer.endswith(".json") or "/" in args.tokenizer else (
         f"-{args.tokenizer.split('_')[0]}"
     )
     out = args.out or f"data/{base}{suffix}"
-    if args.name and args.source != "hf":
-        raise PsyDuckError(f"only the hf source takes a dataset name; drop '{args.name}' or use `psyduck prepare hf {args.name}`")
     options = SourceOptions(
         text_field=args.text_field, encoding=args.encoding, name=args.name, config=args.dataset_config,
         split_map=args.split_map, streaming=args.streaming,
     )
     folder = prepare(
         args.source, args.tokenizer, out, path=args.path, options=options, val_fraction=args.val_fraction, seed=args.seed,
-        max_tokens=args.max_tokens, tokenizer_sample=args.tokenizer_sample, force=args.force,
+        max_tokens=args.max_tokens, tokenizer_sample=args.tokenizer_sample or TOKENIZER_SAMPLE, force=args.force,
     )
     meta = json.loads((Path(folder) / "meta.json").read_text())
     counts = " / ".join(f"{s['tokens']:,} {name}" for name, s in meta["splits"].items())
@@ -204,7 +204,7 @@ def make_parser() -> argparse.ArgumentParser:
                    "train, and validation or test as val)")
     s.add_argument("--streaming", action="store_true", help="for hf: read while downloading (for datasets too big to store)")
     s.add_argument("--max-tokens", type=parse_count, help="stop the train split at about this many tokens (e.g. 200M)")
-    s.add_argument("--tokenizer-sample", type=parse_count, default=64_000_000,
+    s.add_argument("--tokenizer-sample", type=parse_count,
                    help="characters of train text a bpe tokenizer learns from (default 64M; smaller corpora: all)")
     s.add_argument("--force", action="store_true", help="replace an --out folder that holds a run or other files")
     s.set_defaults(func=cmd_prepare)

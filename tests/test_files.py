@@ -153,6 +153,14 @@ def test_latin1_is_warned_with_a_count_or_read_with_encoding(tmp_path: Path, cap
     assert error(docs, file, encoding="klingon") == "unknown encoding 'klingon'; try --encoding utf-8 or --encoding latin-1"
 
 
+def test_csv_in_another_encoding(tmp_path: Path) -> None:
+    sheet = write(tmp_path / "old.csv", "text,n\ncafé crème,1\n\"à la\nligne\",2\n".encode("latin-1"))
+    assert docs(sheet, "text", encoding="latin-1") == ["café crème", "à la\nligne"]
+    assert error(docs, sheet, "text") == (
+        f"column 'text' of {sheet} is not valid UTF-8; pass --encoding (e.g. --encoding latin-1)"
+    )
+
+
 def test_random_binary_is_refused(tmp_path: Path) -> None:
     file = write(tmp_path / "data.txt", os.urandom(20_000))
     message = error(docs, file)

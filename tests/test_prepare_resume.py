@@ -160,6 +160,17 @@ def test_a_swap_cut_between_its_renames_is_repaired(tmp_path: Path) -> None:
     assert files(out) == before and not (out.parent / f".{out.name}.old").exists()
 
 
+def test_killed_after_finishing_but_before_the_swap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = str(corpus(tmp_path / "c", n=20))
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module, "swap_in", lambda partial, out: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            prepare("text", "cl100k_base", tmp_path / "out", path=src, show_progress=False)
+    assert (partial_dir(tmp_path / "out") / "meta.json").is_file()
+    out = prepare("text", "cl100k_base", tmp_path / "out", path=src, show_progress=False)
+    assert files(out) == files(prepare("text", "cl100k_base", tmp_path / "b", path=src, show_progress=False))
+
+
 def test_bpe_trains_on_a_bounded_sample_spread_over_the_corpus(tmp_path: Path) -> None:
     src = str(corpus(tmp_path / "c"))
     plan = Plan("text", src, SourceOptions(), 0.05, 1337)

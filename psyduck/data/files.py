@@ -216,6 +216,8 @@ def _check_column(pa, file: Path, schema, field: str) -> None:  # noqa: ANN001
     if field not in schema.names:
         raise PsyDuckError(f"{file} has no column '{field}'; its text columns: {texts}; pass --text-field NAME")
     kind = schema.field(field).type
+    if pa.types.is_binary(kind) and file_format(file) == "csv":  # pyarrow's type for text that is not UTF-8
+        raise PsyDuckError(f"column '{field}' of {file} is not valid UTF-8; pass --encoding (e.g. --encoding latin-1)")
     if not (is_text(kind) or pa.types.is_null(kind)):  # an empty CSV column is typed null
         raise PsyDuckError(
             f"column '{field}' of {file} holds {kind}, not text; its text columns: {texts}; pass --text-field NAME"

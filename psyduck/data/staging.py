@@ -27,7 +27,7 @@ from psyduck.data.shards import SPLITS
 from psyduck.errors import PsyDuckError
 
 PROGRESS = "progress.json"  # in the partial folder: what is done (absent once complete)
-_OURS = re.compile(rf"(tokenizer\.json|meta\.json|(?:{'|'.join(SPLITS)})_\d+\.bin|\..*\.tmp)")
+_OURS = re.compile(rf"(tokenizer\.json|meta\.json|{PROGRESS}|(?:{'|'.join(SPLITS)})_\d+\.bin|\..*\.tmp)")
 _RUN_MARKS = ("config.json", "checkpoints", "metrics.jsonl")
 
 
