@@ -238,7 +238,7 @@ TIKTOKEN_TOKENIZERS = {CL100K: cl100k_base, GPT2: gpt2}  # name -> constructor (
 
 def is_tokenizer_file(spec: str) -> bool:
     """Whether a --tokenizer value names a file or folder (a saved tokenizer.json) rather than a kind."""
-    return spec.endswith(".json") or "/" in spec or os.sep in spec or Path(spec).exists()
+    return spec.endswith(".json") or "/" in spec or "\\" in spec or Path(spec).exists()
 
 
 def _from_hf(hf: tokenizers.Tokenizer) -> Tokenizer:

@@ -194,7 +194,7 @@ def test_load_corrupt(tmp_path: Path, content: str) -> None:
 
 def test_fingerprint_compares_the_encoding_not_the_file_text(bpe: Tokenizer, tmp_path: Path) -> None:
     """An imported model's tokenizer.json and an identical one trained here agree (issue 16 part 5)."""
-    spec = json.loads(bpe._hf.to_str())
+    spec = json.loads(bpe.to_json())
     model = spec["model"]
     model["merges"] = [m.split(" ") if isinstance(m, str) else " ".join(m) for m in model["merges"]]  # other format
     spec["pre_tokenizer"]["trim_offsets"] = not spec["pre_tokenizer"].get("trim_offsets", True)  # offsets only

@@ -28,7 +28,7 @@ from psyduck.errors import PsyDuckError
 
 PROGRESS = "progress.json"  # in the partial folder: what is done (absent once complete)
 _OURS = re.compile(rf"(tokenizer\.json|meta\.json|{PROGRESS}|(?:{'|'.join(SPLITS)})_\d+\.bin|\..*\.tmp)")
-_RUN_MARKS = ("config.json", "checkpoints", "metrics.jsonl")
+_RUN_MARKS = ("config.json", "checkpoints", "metrics.jsonl", "source.json")  # what a run folder holds
 
 
 def partial_dir(out: Path) -> Path:
