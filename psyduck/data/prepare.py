@@ -125,8 +125,9 @@ def prepare(
     _check_arguments(val_fraction, max_tokens, tokenizer_sample)
     if isinstance(tokenizer, str) and bpe_vocab_size(tokenizer) is None:
         make_tokenizer(tokenizer)  # a wrong name, a missing file or an offline download fails before any reading
-    out, options = Path(out), options or SourceOptions()
-    check_out(out, force)
+    given, options = Path(out), options or SourceOptions()
+    out = given.resolve()  # "--out ." or "x/" still names a folder with a parent to swap in
+    check_out(given, force)
     repair(out)
     job = {
         "format": FORMAT, "source": source, "path": path, "options": dataclasses.asdict(options),
@@ -140,7 +141,7 @@ def prepare(
     plan = Plan(source, path, options, val_fraction, seed, known)  # mistakes in source or path raise here
     progress = _resume_state(partial, job, plan.count, show_progress)
     if progress is not None and progress.get("complete"):
-        return _finish(partial, out)
+        return _finish(partial, out, given)
     tok = _tokenizer(tokenizer, plan, partial, progress is not None, tokenizer_sample, show_progress)
     dtype = token_dtype(tok.vocab_size)
     progress, writers = _start(partial, job, plan, tok, progress, shard_tokens)
@@ -154,7 +155,7 @@ def prepare(
         encoder.close()
     _write_meta(partial, encoder, tok, plan, source, path, options, val_fraction, seed, max_tokens)
     write_json_atomic(partial / PROGRESS, {**progress, "complete": True})
-    return _finish(partial, out)
+    return _finish(partial, out, given)
 
 
 def _start(
@@ -281,8 +282,8 @@ def _write_meta(partial: Path, encoder: Encoder, tok: Tokenizer, plan: Plan, sou
     write_json_atomic(partial / "meta.json", meta)
 
 
-def _finish(partial: Path, out: Path) -> Path:
-    """Swap the complete partial folder in as `out` and drop its progress record."""
+def _finish(partial: Path, out: Path, given: Path) -> Path:
+    """Swap the complete partial folder in as `out` and drop its progress record; returns `out` as given."""
     swap_in(partial, out)
     (out / PROGRESS).unlink(missing_ok=True)
-    return out
+    return given
