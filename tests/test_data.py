@@ -54,7 +54,7 @@ def counting_data(folder: Path, n: int, tokenizer: str = "bpe-65536") -> Path:
     dtype = "uint16" if n <= 2**16 else "uint32"
     np.arange(n, dtype=f"<u{2 if dtype == 'uint16' else 4}").tofile(folder / "train_000.bin")
     np.arange(n // 2, dtype=f"<u{2 if dtype == 'uint16' else 4}").tofile(folder / "val_000.bin")
-    split = lambda name, k: {"shards": [f"{name}_000.bin"], "tokens": k, "bytes": 4 * k, "documents": 1}  # noqa: E731
+    split = lambda name, k: {"shards": [f"{name}_000.bin"], "tokens": k, "bytes": 4 * k, "documents": 1}
     meta = {"format": 1, "source": "test", "path": None, "tokenizer": tokenizer, "vocab_size": 65536,
             "eot_id": 0, "dtype": dtype, "splits": {"train": split("train", n), "val": split("val", n // 2)},
             "val_fraction": 0.05, "seed": 1337}
@@ -304,7 +304,7 @@ def test_num_bytes_and_attributes(bpe_data: Path) -> None:
 
 # --- error messages ------------------------------------------------------------------------------
 
-def error(fn, *args, **kwargs) -> str:  # noqa: ANN001
+def error(fn, *args, **kwargs) -> str:
     with pytest.raises(PsyDuckError) as e:
         fn(*args, **kwargs)
     return str(e.value)

@@ -15,7 +15,7 @@ import pytest
 
 pa = pytest.importorskip("pyarrow", reason="parquet and csv need pyarrow (pip install 'psyduck[files]')")
 zstandard = pytest.importorskip("zstandard", reason=".zst files need zstandard (pip install 'psyduck[files]')")
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.parquet as pq
 
 from psyduck.cli import main as cli_main
 from psyduck.data.files import read_files
@@ -62,11 +62,11 @@ def parquet_file(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def docs(path: Path, field: str = "body", **kwargs) -> list[str]:  # noqa: ANN003
+def docs(path: Path, field: str = "body", **kwargs) -> list[str]:
     return [d.strip() for d in read_files(str(path), field, **kwargs) if d.strip()]
 
 
-def error(fn, *args, **kwargs) -> str:  # noqa: ANN001
+def error(fn, *args, **kwargs) -> str:
     with pytest.raises(PsyDuckError) as e:
         fn(*args, **kwargs)
     return str(e.value)

@@ -12,7 +12,7 @@ import pytest
 
 datasets = pytest.importorskip("datasets", reason="the hf source needs `datasets` (pip install 'psyduck[hf]')")
 pa = pytest.importorskip("pyarrow")
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow.parquet as pq
 
 from psyduck.data.loader import TokenData
 from psyduck.data.prepare import prepare
@@ -45,7 +45,7 @@ def hub_folder(root: Path, splits: dict[str, list[str]]) -> Path:
     return root
 
 
-def hf(name: Path | str, tok: Tokenizer | str, out: Path, **options) -> Path:  # noqa: ANN003
+def hf(name: Path | str, tok: Tokenizer | str, out: Path, **options) -> Path:
     limits = {k: options.pop(k) for k in ("max_tokens", "threads") if k in options}
     return prepare("hf", tok, out, options=SourceOptions(name=str(name), **options), show_progress=False, **limits)
 
@@ -59,7 +59,7 @@ def shard_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.bin"))}
 
 
-def error(fn, *args, **kwargs) -> str:  # noqa: ANN001
+def error(fn, *args, **kwargs) -> str:
     with pytest.raises(PsyDuckError) as e:
         fn(*args, **kwargs)
     return str(e.value)

@@ -18,9 +18,9 @@ import psyduck.data.prepare as prepare_module
 from psyduck.cli import main as cli_main
 from psyduck.data.loader import TokenData
 from psyduck.data.prepare import prepare
-from psyduck.data.staging import PROGRESS, partial_dir
-from psyduck.data.split import Plan
 from psyduck.data.sources import SourceOptions
+from psyduck.data.split import Plan
+from psyduck.data.staging import PROGRESS, partial_dir
 from psyduck.errors import PsyDuckError
 from psyduck.tokenizer import Tokenizer, make_tokenizer
 
@@ -52,7 +52,7 @@ def dying(tok: Tokenizer, after: int) -> Tokenizer:
     calls = []
 
     class Dying(type(tok)):
-        def encode_to_arrays(self, texts):  # noqa: ANN001, ANN202
+        def encode_to_arrays(self, texts):
             calls.append(1)
             if len(calls) > after:
                 raise Killed

@@ -10,15 +10,16 @@ ids are those of the whole text. Every document's ids are followed by the end-of
 The results never depend on the number of threads: batches are cut by text size alone, written
 in the order they were made, and the ``max_tokens`` stop is decided batch by batch in that order
 (the first batch that brings the train split to max_tokens is the last train batch written).
-`Encoder.commit` (only between documents, with nothing in flight) makes what was written durable
-and returns the counts to record, so a resumed prepare can continue from exactly there.
+Every `commit_bytes` of text, after writing a batch that ends with a whole document, the encoder
+makes what was written durable and calls `checkpoint(documents, counts, train_full)` to record it, so a resumed
+prepare can continue from exactly there; the other threads keep encoding meanwhile.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Batch:
     nbytes: int = 0
     stats: dict[str, list[int]] = field(default_factory=dict)  # split -> [bytes, documents, words]
     words: set[str] = field(default_factory=set)  # splits whose documents carry word counts
+    ends_at: int | None = None  # when the batch ends with a whole document: how many documents precede its end
 
     def full(self) -> bool:
         return self.chars >= BATCH_BYTES
@@ -99,12 +101,14 @@ class Encoder:
     def __init__(
         self, folder: Path, tok: Tokenizer, dtype: np.dtype, shard_tokens: int, threads: int,
         writers: dict[str, ShardWriter], max_tokens: int | None, stop_all: bool, train_full: bool = False,
+        commit_bytes: int | None = None, checkpoint: Callable[[int, dict[str, dict], bool], None] | None = None,
     ) -> None:
         self.folder, self.tok, self.dtype, self.shard_tokens = folder, tok, dtype, shard_tokens
         self.writers, self.max_tokens, self.stop_all = writers, max_tokens, stop_all
         self.train_full = train_full
         self.stopped = train_full and stop_all
         self.threads = threads
+        self.commit_bytes, self.checkpoint, self._since = commit_bytes, checkpoint, 0
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="psyduck-encode")
         self._pending: deque[tuple[Future, Batch]] = deque()
 
@@ -135,6 +139,10 @@ class Encoder:
             if self.max_tokens is not None and "train" in self.writers and self.writers["train"].tokens >= self.max_tokens:
                 self.train_full = True
                 self.stopped = self.stop_all
+            self._since += batch.nbytes
+            if self.checkpoint and batch.ends_at is not None and self.commit_bytes and self._since >= self.commit_bytes:
+                self.checkpoint(batch.ends_at, self.commit(), self.train_full)
+                self._since = 0
         return done
 
     def _writer(self, split: str) -> ShardWriter:
@@ -144,7 +152,6 @@ class Encoder:
 
     def commit(self) -> dict[str, dict]:
         """Make every written id durable; returns each split's counts (to record as progress)."""
-        assert not self._pending, "commit only with nothing in flight"
         for writer in self.writers.values():
             writer.flush()
         return {split: w.summary() for split, w in self.writers.items()}

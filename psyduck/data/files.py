@@ -28,9 +28,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from psyduck.data.textio import COMPRESSIONS, Decoder, binary_lines, check_encoding, open_binary, text_blocks
+from psyduck.data.textio import (
+    COMPRESSIONS,
+    Decoder,
+    binary_lines,
+    check_encoding,
+    open_binary,
+    text_blocks,
+)
 from psyduck.errors import PsyDuckError
 
 SEPARATOR = "<|endoftext|>"  # splits one text file into several documents
@@ -169,11 +177,11 @@ def record_text(record: Any, field: str, where: str) -> str | None:
     )
 
 
-def _arrow(file: Path):  # noqa: ANN202 (the pyarrow module)
+def _arrow(file: Path) -> ModuleType:
     try:
         import pyarrow
-        import pyarrow.csv  # noqa: F401
-        import pyarrow.parquet  # noqa: F401
+        import pyarrow.csv
+        import pyarrow.parquet
     except ImportError:
         raise PsyDuckError(f"reading {file} needs pyarrow; pip install pyarrow") from None
     return pyarrow
@@ -190,7 +198,7 @@ def table_texts(file: Path, fmt: str, field: str, encoding: str) -> Iterator[str
         raise PsyDuckError(f"cannot read {file} ({detail}); {fix}") from None
 
 
-def _table_batches(pa, file: Path, fmt: str, field: str, encoding: str) -> Iterable[list[Any]]:  # noqa: ANN001
+def _table_batches(pa: ModuleType, file: Path, fmt: str, field: str, encoding: str) -> Iterable[list[Any]]:
     if fmt == "parquet":
         table = pa.parquet.ParquetFile(file)
         _check_column(pa, file, table.schema_arrow, field)
@@ -203,15 +211,15 @@ def _table_batches(pa, file: Path, fmt: str, field: str, encoding: str) -> Itera
     return _csv_batches(pa, file, read, parse, convert)
 
 
-def _csv_batches(pa, file: Path, read, parse, convert) -> Iterator[list[Any]]:  # noqa: ANN001
+def _csv_batches(pa: ModuleType, file: Path, read: Any, parse: Any, convert: Any) -> Iterator[list[Any]]:
     with open_binary(file) as f:
         for batch in pa.csv.open_csv(f, read_options=read, parse_options=parse, convert_options=convert):
             yield batch.column(0).to_pylist()
 
 
-def _check_column(pa, file: Path, schema, field: str) -> None:  # noqa: ANN001
+def _check_column(pa: ModuleType, file: Path, schema: Any, field: str) -> None:
     """A clear error for a table without the text column, or with a column that is not text."""
-    is_text = lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)  # noqa: E731
+    is_text = lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
     texts = ", ".join(f.name for f in schema if is_text(f.type)) or "none"
     if field not in schema.names:
         raise PsyDuckError(f"{file} has no column '{field}'; its text columns: {texts}; pass --text-field NAME")

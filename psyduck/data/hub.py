@@ -23,6 +23,7 @@ Design choices:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 from psyduck.data.document import Document
@@ -64,7 +65,7 @@ def default_split_map(names: list[str]) -> dict[str, str]:
     return mapping
 
 
-def _import_datasets():  # noqa: ANN202 (the datasets module)
+def _import_datasets() -> ModuleType:
     try:
         import datasets
     except ImportError:

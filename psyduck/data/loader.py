@@ -121,7 +121,7 @@ class TokenData:
         """The tokenizer the data was prepared with (from the folder's tokenizer.json)."""
         return load_tokenizer(self.folder)
 
-    def check_tokenizer(self, tokenizer: "str | Tokenizer") -> None:
+    def check_tokenizer(self, tokenizer: str | Tokenizer) -> None:
         """Refuse to use a model whose tokenizer is not the one that made these ids.
 
         Given a Tokenizer (not just a name), two tokenizers of the same name (say two different

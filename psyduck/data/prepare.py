@@ -27,6 +27,7 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import os
@@ -35,13 +36,30 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from psyduck.data.encode import Batch, Encoder, pieces
-from psyduck.data.shards import FORMAT, SHARD_TOKENS, SPLITS, WORD_COUNT, ShardWriter, dtype_name, token_dtype
+from psyduck.data.shards import (
+    FORMAT,
+    SHARD_TOKENS,
+    SPLITS,
+    WORD_COUNT,
+    ShardWriter,
+    dtype_name,
+    token_dtype,
+)
 from psyduck.data.sources import SourceOptions
 from psyduck.data.split import Plan
-from psyduck.data.staging import PROGRESS, check_out, partial_dir, read_progress, repair, swap_in, write_json_atomic
+from psyduck.data.staging import (
+    PROGRESS,
+    check_out,
+    partial_dir,
+    read_progress,
+    repair,
+    swap_in,
+    write_json_atomic,
+)
 from psyduck.errors import PsyDuckError
 from psyduck.tokenizer import Tokenizer, bpe_vocab_size, load_tokenizer, make_tokenizer
 
@@ -148,9 +166,10 @@ def prepare(
     encoder = Encoder(
         partial, tok, dtype, shard_tokens, max(1, threads or cpu_count()), writers,
         max_tokens, stop_all=not plan.own_splits, train_full=bool(progress.get("train_full")),
+        commit_bytes=COMMIT_BYTES, checkpoint=functools.partial(_record, partial, progress),
     )
     try:
-        _encode_all(plan, encoder, progress, partial, source, show_progress)
+        _encode_all(plan, encoder, progress, source, show_progress)
     finally:
         encoder.close()
     _write_meta(partial, encoder, tok, plan, source, path, options, val_fraction, seed, max_tokens)
@@ -175,6 +194,12 @@ def _start(
     return progress, {}
 
 
+def _record(partial: Path, progress: dict, documents: int, splits: dict[str, dict], train_full: bool) -> None:
+    """Write progress.json: `documents` are done and the shards hold exactly `splits`."""
+    progress.update(documents=documents, splits=splits, train_full=train_full)
+    write_json_atomic(partial / PROGRESS, progress)
+
+
 def _same_files(earlier: dict | None, job: dict) -> bool:
     """Whether an earlier record is of this job over files that have not changed since."""
     return earlier is not None and earlier.get("job") == job and job["signature"] is not None and bool(earlier.get("count"))
@@ -194,15 +219,16 @@ def _signature(path: str | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def _restore_writers(partial: Path, progress: dict, dtype, cap: int) -> dict[str, ShardWriter] | None:  # noqa: ANN001
+def _restore_writers(partial: Path, progress: dict, dtype: np.dtype, cap: int) -> dict[str, ShardWriter] | None:
+    """The writers of an interrupted prepare, cut back to its record; None when the files do not match it."""
     try:
         return {s: ShardWriter.restore(partial, s, dtype, cap, state) for s, state in progress["splits"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _encode_all(plan: Plan, encoder: Encoder, progress: dict, partial: Path, source: str, show: bool) -> None:
-    """Feed every document not yet done to the encoder, recording progress every COMMIT_BYTES."""
+def _encode_all(plan: Plan, encoder: Encoder, progress: dict, source: str, show: bool) -> None:
+    """Feed every document not yet done to the encoder (which records progress as it writes)."""
     by_tokens = encoder.max_tokens is not None
     train = encoder.writers.get("train")
     bar = tqdm(
@@ -223,7 +249,6 @@ def _encode_all(plan: Plan, encoder: Encoder, progress: dict, partial: Path, sou
             bar.update(nbytes)
 
     done = progress["documents"]
-    since_commit = 0
     batch = Batch()
     try:
         for i, doc in enumerate(itertools.islice(plan.documents(), done, None), done):
@@ -234,14 +259,9 @@ def _encode_all(plan: Plan, encoder: Encoder, progress: dict, partial: Path, sou
             for piece, last in pieces(doc.text):
                 batch.add(doc, piece, last)
                 if batch.full():
-                    since_commit += batch.nbytes
+                    batch.ends_at = i + 1 if last else None
                     advance(encoder.submit(batch))
                     batch = Batch()
-                    if last and since_commit >= COMMIT_BYTES:
-                        advance(encoder.drain())
-                        progress.update(documents=i + 1, splits=encoder.commit(), train_full=encoder.train_full)
-                        write_json_atomic(partial / PROGRESS, progress)
-                        since_commit = 0
         if batch.items:
             encoder.submit(batch)
         advance(encoder.drain())

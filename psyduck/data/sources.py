@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psyduck.data import wikitext
-from psyduck.data.hub import HubDataset
-from psyduck.data.recipes import RECIPES, Recipe
 from psyduck.data.document import Document, documents
 from psyduck.data.download import cache_dir, fetch
 from psyduck.data.files import read_files
+from psyduck.data.hub import HubDataset
+from psyduck.data.recipes import RECIPES, Recipe
 from psyduck.data.textio import text_blocks
 from psyduck.errors import PsyDuckError
 

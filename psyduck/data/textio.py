@@ -101,7 +101,7 @@ def open_binary(path: Path) -> BinaryIO:
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if suffix == ".zst":
         try:
-            import zstandard  # noqa: F401
+            import zstandard  # noqa: F401 (only: is it installed?)
         except ImportError:
             raise PsyDuckError(f"reading {path} needs the zstandard package; pip install zstandard") from None
         return io.BufferedReader(_ZstdReader(open(path, "rb")))  # type: ignore[return-value]

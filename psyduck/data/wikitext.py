@@ -265,7 +265,7 @@ def _parquet_lines(files: list[Path]) -> Iterator[list[str]]:
             yield batch.column(0).to_pylist()
 
 
-def _dataset_lines(split) -> Iterator[list[str]]:  # noqa: ANN001 (a datasets.Dataset)
+def _dataset_lines(split) -> Iterator[list[str]]:
     """The `text` column of a Hugging Face dataset split, one row per line, in batches."""
     for batch in split.iter(batch_size=65_536):
         yield batch["text"]
