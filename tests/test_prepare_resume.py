@@ -186,6 +186,17 @@ def test_bpe_trains_on_a_bounded_sample_spread_over_the_corpus(tmp_path: Path) -
     ).read_text()
 
 
+def test_max_tokens_on_local_files_reads_only_the_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_batches(monkeypatch)
+    src = str(corpus(tmp_path / "c"))
+    outs = [prepare("text", "cl100k_base", tmp_path / f"o{t}", path=src, max_tokens=20_000, threads=t,
+                    show_progress=False) for t in (1, 2)]
+    assert files(outs[0]) == files(outs[1])
+    splits = TokenData(outs[0]).meta["splits"]
+    assert 20_000 <= splits["train"]["tokens"] < 20_000 + SMALL["BATCH_BYTES"] and splits["val"]["documents"] > 0
+    assert splits["train"]["documents"] + splits["val"]["documents"] < 300
+
+
 def test_progress_bar_shows_rate_and_eta(tmp_path: Path, capsys) -> None:
     prepare("text", "cl100k_base", tmp_path / "o", path=str(corpus(tmp_path / "c", n=20)), show_progress=True)
     err = capsys.readouterr().err

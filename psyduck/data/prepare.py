@@ -17,7 +17,8 @@ Design choices:
   (a half-written shard is never taken as complete), skips the documents already done, and ends
   with the same shards as an uninterrupted run. Other arguments, or a changed corpus: it starts over.
 - ``max_tokens`` stops the train split at about that many tokens (see encode.py); sources with their
-  own val split still get all of it.
+  own val split still get all of it; others are split as a stream (split.py), so only the start of
+  the corpus is ever read.
 - Progress on stderr: a bar of text bytes (or, with max_tokens, train tokens) with MB/s and an ETA.
 - ``bytes`` in meta.json counts the UTF-8 bytes of each split's text: dividing a summed loss (in bits)
   by it gives bits per byte, a metric that compares models with different tokenizers. ``words``
@@ -156,7 +157,8 @@ def prepare(
     partial = partial_dir(out)
     earlier = read_progress(partial)  # the same files as last time: no need to count them again
     known = (earlier["count"], earlier.get("total_bytes")) if _same_files(earlier, job) else None
-    plan = Plan(source, path, options, val_fraction, seed, known)  # mistakes in source or path raise here
+    # mistakes in source or path raise here; with max_tokens only the start of the corpus is read
+    plan = Plan(source, path, options, val_fraction, seed, known, partial_read=max_tokens is not None)
     progress = _resume_state(partial, job, plan.count, show_progress)
     if progress is not None and progress.get("complete"):
         return _finish(partial, out, given)

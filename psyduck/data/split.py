@@ -6,7 +6,8 @@
   at least 1 and at most n - 1. Counting n means reading the source once before tokenizing.
 - A streamed source cannot be read twice (n is unknown until the end), so each document draws its
   split from a seeded generator keyed by its position: about val_fraction of the documents, the
-  same ones on every run and after a resume.
+  same ones on every run and after a resume. So does a source prepare reads only the start of
+  (``--max-tokens``): counting all of a corpus to take a part of it would be wasted reading.
 - A corpus of a single document is cut in two by characters instead (at the last paragraph break,
   else line break, else space, before the cut point).
 
@@ -68,9 +69,10 @@ class Plan:
 
     def __init__(
         self, source: str, path: str | None, options: SourceOptions, val_fraction: float, seed: int,
-        known: tuple[int, int | None] | None = None,
+        known: tuple[int, int | None] | None = None, partial_read: bool = False,
     ) -> None:
-        """`known` (count, total_bytes) from an earlier pass over the same, unchanged corpus skips counting."""
+        """`known` (count, total_bytes) from an earlier pass over the same, unchanged corpus skips counting;
+        `partial_read` (prepare will stop early: --max-tokens) splits as for a stream, never reading all of it."""
         self.source, self.path, self.options = source, path, options
         raw = open_source(source, path, options)  # mistakes in source or path raise here
         docs = documents(raw)
@@ -79,7 +81,7 @@ class Plan:
             where = path if path is not None else (options.name or source)
             raise PsyDuckError(f"corpus is empty: {where} holds no text; point --path at a file or folder with text")
         self.own_splits = first.split is not None
-        self.streaming = bool(getattr(raw, "streaming", False))
+        self.streaming = bool(getattr(raw, "streaming", False)) or partial_read
         self.single: tuple[str, str] | None = None  # (train text, val text) for a lone document
         self.is_val = np.zeros(0, dtype=bool)
         self.stream_split = StreamSplit(seed, val_fraction) if self.streaming and not self.own_splits else None
