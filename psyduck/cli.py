@@ -54,11 +54,34 @@ def build_config(args: argparse.Namespace):
     return apply_overrides(cfg, list(args.overrides))
 
 
-def cmd_prepare(args: argparse.Namespace) -> None:
-    from psyduck.data.prepare import prepare
+def parse_count(text: str) -> int:
+    """A count with an optional K/M/G/T suffix, as flags take it: "200M" -> 200_000_000."""
+    scale = {"K": 10**3, "M": 10**6, "G": 10**9, "B": 10**9, "T": 10**12}.get(text[-1:].upper(), 1)
+    try:
+        return int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 200M, 64M, 1500000)") from None
 
-    out = args.out or f"data/{args.source}" + ("" if args.tokenizer.startswith("bpe") else f"-{args.tokenizer.split('_')[0]}")
-    folder = prepare(args.source, args.tokenizer, out, path=args.path, val_fraction=args.val_fraction, seed=args.seed)
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from psyduck.data.prepare import TOKENIZER_SAMPLE, prepare
+    from psyduck.data.sources import SourceOptions
+
+    if args.name and args.source != "hf":
+        raise PsyDuckError(f"only the hf source takes a dataset name; drop '{args.name}' or use `psyduck prepare hf {args.name}`")
+    base = args.name.rstrip("/").rsplit("/", 1)[-1] if args.source == "hf" and args.name else args.source
+    suffix = "" if args.tokenizer.startswith("bpe") or args.tokenizer.endswith(".json") or "/" in args.tokenizer else (
+        f"-{args.tokenizer.split('_')[0]}"
+    )
+    out = args.out or f"data/{base}{suffix}"
+    options = SourceOptions(
+        text_field=args.text_field, encoding=args.encoding, name=args.name, config=args.dataset_config,
+        split_map=args.split_map, streaming=args.streaming,
+    )
+    folder = prepare(
+        args.source, args.tokenizer, out, path=args.path, options=options, val_fraction=args.val_fraction, seed=args.seed,
+        max_tokens=args.max_tokens, tokenizer_sample=args.tokenizer_sample or TOKENIZER_SAMPLE, force=args.force,
+    )
     meta = json.loads((Path(folder) / "meta.json").read_text())
     counts = " / ".join(f"{s['tokens']:,} {name}" for name, s in meta["splits"].items())
     print(f"prepared {folder}: {counts} tokens ({meta['tokenizer']})")
@@ -159,19 +182,36 @@ def make_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "source",
-        help="wiki-vital (embedded); text (your files, --path); sales-textbook (downloaded once into "
+        help="wiki-vital (embedded); text (your .txt/.md files, --path); files (also .jsonl .json .parquet .csv, "
+        "plain or .gz/.zst, --path, --text-field); hf NAME (a Hugging Face dataset); tinystories, fineweb-edu "
+        "(named recipes); sales-textbook (downloaded once into "
         "~/.cache/psyduck or $PSYDUCK_CACHE, or --path a copy); wikitext-103 (raw), wikitext-103-v1 (<unk> tokens), "
         "wikitext-2, wikitext-2-v1 (Hugging Face `datasets`, or --path an offline copy)",
     )
-    s.add_argument("--tokenizer", default="bpe-32768", help="cl100k_base or bpe-<vocab size> (default bpe-32768, cpu-small's)")
+    s.add_argument("name", nargs="?", help="for hf: the dataset's name on the hub (e.g. roneneldan/TinyStories) or a local folder")
+    s.add_argument(
+        "--tokenizer", default="bpe-32768",
+        help="cl100k_base, gpt2 (GPT-2's r50k, downloaded once by tiktoken), bpe-<vocab size> (trained here; default "
+        "bpe-32768, cpu-small's), or the path of a saved tokenizer.json (e.g. runs/x/tokenizer.json)",
+    )
     s.add_argument("--out", help="output folder (default data/<source>)")
     s.add_argument(
         "--path",
-        help="local files: for text a file or folder; for sales-textbook sales_textbook.txt; for wikitext "
+        help="local files: for text and files a file or folder; for sales-textbook sales_textbook.txt; for wikitext "
         "the original zip (e.g. wikitext-103-raw-v1.zip), its extracted folder, or a folder of the hub's parquet files",
     )
     s.add_argument("--val-fraction", type=float, default=0.05, help="share of documents for val (sources without their own split)")
     s.add_argument("--seed", type=int, default=1337, help="seed of that split")
+    s.add_argument("--text-field", default="text", help="the field (column) of each record holding its text (default text)")
+    s.add_argument("--encoding", help="the encoding of text and CSV files (default UTF-8; e.g. latin-1)")
+    s.add_argument("--config", dest="dataset_config", help="for hf: the dataset's configuration (e.g. sample-10BT)")
+    s.add_argument("--split-map", help="for hf: which splits to read, e.g. train=train,validation=val (default: "
+                   "train, and validation or test as val)")
+    s.add_argument("--streaming", action="store_true", help="for hf: read while downloading (for datasets too big to store)")
+    s.add_argument("--max-tokens", type=parse_count, help="stop the train split at about this many tokens (e.g. 200M)")
+    s.add_argument("--tokenizer-sample", type=parse_count,
+                   help="characters of train text a bpe tokenizer learns from (default 64M; smaller corpora: all)")
+    s.add_argument("--force", action="store_true", help="replace an --out folder that holds a run or other files")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model into a run folder")

@@ -46,9 +46,12 @@ from psyduck.io import write_text_atomic
 
 EOT = "<|endoftext|>"  # the end-of-text marker, shared by both backends
 CL100K = "cl100k_base"
+GPT2 = "gpt2"  # GPT-2's 50,257 ids (tiktoken's r50k_base): the vocabulary nanoGPT and llm.c report in
 MIN_BPE_VOCAB = 256 + 1  # every byte value, plus <|endoftext|>
 _BPE_SPEC = re.compile(r"bpe-(\d+)")
-VALID_SPECS = f"'{CL100K}' or 'bpe-<N>' with N >= {MIN_BPE_VOCAB} (e.g. bpe-8192)"
+VALID_SPECS = (
+    f"'{CL100K}', '{GPT2}', 'bpe-<N>' with N >= {MIN_BPE_VOCAB} (e.g. bpe-8192), or the path of a tokenizer.json"
+)
 
 
 class Tokenizer:
@@ -157,8 +160,19 @@ class Tokenizer:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the vocabulary and rules: two tokenizers with the same name can still differ."""
-        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+        """A hash of what defines the encoding: two tokenizers with the same name can still differ.
+
+        For a trained BPE that is the model (vocabulary, merges and their options), the normalizer,
+        the pre-tokenizer and the special tokens, not the file's text: key order, merges written
+        as "a b" or ["a", "b"], offsets options and post-processors change no id, so an imported
+        model's tokenizer.json and an identical one trained here agree.
+        """
+        if self._encoding is not None:
+            basis: object = {"tiktoken": self.name}
+        else:
+            assert self._hf is not None
+            basis = _encoding_basis(json.loads(self._hf.to_str()))
+        return hashlib.sha256(json.dumps(basis, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     def save(self, folder: str | Path) -> None:
         """Write folder/tokenizer.json atomically (creating the folder); `load_tokenizer` reads it back."""
@@ -174,6 +188,16 @@ class TiktokenParts:
     ranks: dict[bytes, int]
     special_tokens: dict[str, int]
     pattern: str
+
+
+def _encoding_basis(spec: dict) -> dict:
+    """The parts of a Hugging Face tokenizer.json that decide which ids a text gets (see fingerprint)."""
+    model = dict(spec.get("model") or {})
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.pop("merges", None) or []]
+    pre = spec.get("pre_tokenizer")
+    pre = {k: v for k, v in pre.items() if k != "trim_offsets"} if isinstance(pre, dict) else pre
+    special = sorted((t["id"], t["content"]) for t in spec.get("added_tokens") or [] if t.get("special"))
+    return {"model": model, "merges": merges, "normalizer": spec.get("normalizer"), "pre_tokenizer": pre, "special": special}
 
 
 def _tiktoken_array(encoding: tiktoken.Encoding, text: str) -> np.ndarray:
@@ -223,6 +247,34 @@ def cl100k_base() -> Tokenizer:
     return Tokenizer(CL100K, enc.n_vocab, enc.eot_token, encoding=enc)
 
 
+@functools.cache
+def _gpt2_encoding() -> tiktoken.Encoding:
+    """GPT-2's vocabulary: tiktoken's r50k_base (the same 50,257 ids as its "gpt2" encoding, from one
+    file). tiktoken downloads it once from openaipublic.blob.core.windows.net into its cache
+    ($TIKTOKEN_CACHE_DIR, else a temporary folder) and checks its hash."""
+    try:
+        return tiktoken.get_encoding("r50k_base")
+    except Exception as e:  # requests' errors when offline, a bad hash: many types, one fix
+        raise PsyDuckError(
+            f"cannot load the gpt2 tokenizer: tiktoken downloads its vocabulary (r50k_base.tiktoken) once and "
+            f"that failed ({type(e).__name__}); connect once, or set TIKTOKEN_CACHE_DIR to a folder holding its cached copy"
+        ) from None
+
+
+def gpt2() -> Tokenizer:
+    """GPT-2's tokenizer: 50,257 ids, <|endoftext|> = 50256."""
+    enc = _gpt2_encoding()
+    return Tokenizer(GPT2, enc.n_vocab, enc.eot_token, encoding=enc)
+
+
+TIKTOKEN_TOKENIZERS = {CL100K: cl100k_base, GPT2: gpt2}  # name -> constructor (vocabulary ships with tiktoken)
+
+
+def is_tokenizer_file(spec: str) -> bool:
+    """Whether a --tokenizer value names a file or folder (a saved tokenizer.json) rather than a kind."""
+    return spec.endswith(".json") or "/" in spec or "\\" in spec or Path(spec).exists()
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Learn a byte-level BPE with exactly `vocab_size` ids from `texts` (deterministic).
 
@@ -252,8 +304,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def bpe_vocab_size(spec: str) -> int | None:
-    """N for "bpe-<N>", None for "cl100k_base"; PsyDuckError for anything else (check specs early)."""
-    if spec == CL100K:
+    """N for "bpe-<N>", None for a tiktoken name or a tokenizer file; PsyDuckError for anything else."""
+    if spec in TIKTOKEN_TOKENIZERS or is_tokenizer_file(spec):
         return None
     match = _BPE_SPEC.fullmatch(spec)
     if match is None or int(match.group(1)) < MIN_BPE_VOCAB:
@@ -262,18 +314,21 @@ def bpe_vocab_size(spec: str) -> int | None:
 
 
 def make_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
-    """A tokenizer from its name: "cl100k_base", or "bpe-<N>" trained on `texts`."""
-    vocab_size = bpe_vocab_size(spec)
-    if vocab_size is None:
-        return cl100k_base()
+    """A tokenizer from its name ("cl100k_base", "gpt2", or "bpe-<N>" trained on `texts`) or a saved file."""
+    if spec in TIKTOKEN_TOKENIZERS:
+        return TIKTOKEN_TOKENIZERS[spec]()
+    if is_tokenizer_file(spec):
+        return load_tokenizer(spec)
+    vocab_size = bpe_vocab_size(spec)  # unknown names raise here
+    assert vocab_size is not None
     if texts is None:
         raise PsyDuckError(f"{spec} is trained from text; pass the training texts (prepare does this)")
     return train_bpe(texts, vocab_size)
 
 
 def load_tokenizer(folder: str | Path) -> Tokenizer:
-    """Read folder/tokenizer.json as written by `Tokenizer.save`."""
-    path = Path(folder) / "tokenizer.json"
+    """Read folder/tokenizer.json (or the file `folder` itself) as written by `Tokenizer.save`."""
+    path = Path(folder) if Path(folder).is_file() or str(folder).endswith(".json") else Path(folder) / "tokenizer.json"
     fix = "run `psyduck prepare` again to write it"
     if not path.is_file():
         raise PsyDuckError(f"tokenizer file not found: {path}; {fix}")
@@ -285,9 +340,9 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
     except (OSError, ValueError) as e:
         raise PsyDuckError(f"tokenizer file {path} is corrupt ({e}); {fix}") from None
     if data.get("type") == "tiktoken":
-        if data.get("name") != CL100K:
+        if data.get("name") not in TIKTOKEN_TOKENIZERS:
             raise PsyDuckError(f"tokenizer file {path} names unknown tiktoken encoding {data.get('name')!r}; {fix}")
-        return cl100k_base()
+        return TIKTOKEN_TOKENIZERS[data["name"]]()
     try:
         hf = tokenizers.Tokenizer.from_str(text)
     except Exception as e:  # the Rust side raises plain Exception

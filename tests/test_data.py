@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from psyduck.data import SOURCES, TokenData, iter_documents
+from psyduck.data.loader import TokenData
 from psyduck.data.prepare import prepare
+from psyduck.data.sources import SOURCES, read_documents
 from psyduck.errors import PsyDuckError
 from psyduck.tokenizer import EOT, load_tokenizer, make_tokenizer
 
@@ -51,7 +54,7 @@ def counting_data(folder: Path, n: int, tokenizer: str = "bpe-65536") -> Path:
     dtype = "uint16" if n <= 2**16 else "uint32"
     np.arange(n, dtype=f"<u{2 if dtype == 'uint16' else 4}").tofile(folder / "train_000.bin")
     np.arange(n // 2, dtype=f"<u{2 if dtype == 'uint16' else 4}").tofile(folder / "val_000.bin")
-    split = lambda name, k: {"shards": [f"{name}_000.bin"], "tokens": k, "bytes": 4 * k, "documents": 1}  # noqa: E731
+    split = lambda name, k: {"shards": [f"{name}_000.bin"], "tokens": k, "bytes": 4 * k, "documents": 1}
     meta = {"format": 1, "source": "test", "path": None, "tokenizer": tokenizer, "vocab_size": 65536,
             "eot_id": 0, "dtype": dtype, "splits": {"train": split("train", n), "val": split("val", n // 2)},
             "val_fraction": 0.05, "seed": 1337}
@@ -59,10 +62,15 @@ def counting_data(folder: Path, n: int, tokenizer: str = "bpe-65536") -> Path:
     return folder
 
 
+def texts(source: str, path: str | None = None) -> list[str]:
+    """The text of every document of a source, as prepare reads them."""
+    return [doc.text for doc in read_documents(source, path)]
+
+
 # --- sources -------------------------------------------------------------------------------------
 
 def test_folder_source_reads_txt_and_md_recursively_in_sorted_order(corpus: Path) -> None:
-    docs = list(iter_documents("text", str(corpus)))
+    docs = texts("text", str(corpus))
     files = sorted(p for p in corpus.rglob("*") if p.suffix in (".txt", ".md"))
     expected = [p.read_text(encoding="utf-8").strip() for p in files]
     assert docs == [d for d in expected if d]
@@ -71,11 +79,11 @@ def test_folder_source_reads_txt_and_md_recursively_in_sorted_order(corpus: Path
 
 def test_file_source_splits_on_endoftext(tmp_path: Path) -> None:
     (tmp_path / "stories.txt").write_text(f"first story\n{EOT}\nsecond story\n{EOT}\n\n{EOT}\nthird\n")
-    assert list(iter_documents("text", str(tmp_path / "stories.txt"))) == ["first story", "second story", "third"]
+    assert texts("text", str(tmp_path / "stories.txt")) == ["first story", "second story", "third"]
 
 
 def test_wiki_vital_source_yields_article_extracts() -> None:
-    docs = iter_documents("wiki-vital")
+    docs = (doc.text for doc in read_documents("wiki-vital"))
     first = next(docs)
     assert first.startswith("20th-century classical music is")
     assert sum(1 for _ in docs) + 1 == 10033
@@ -83,7 +91,8 @@ def test_wiki_vital_source_yields_article_extracts() -> None:
 
 def test_sources_table_names() -> None:
     assert list(SOURCES) == [
-        "wiki-vital", "text", "sales-textbook", "wikitext-103", "wikitext-103-v1", "wikitext-2", "wikitext-2-v1",
+        "wiki-vital", "text", "sales-textbook", "wikitext-103", "wikitext-103-v1", "wikitext-2", "wikitext-2-v1", "files", "hf",
+        "tinystories", "fineweb-edu",
     ]
 
 
@@ -111,7 +120,7 @@ def test_prepare_bpe_writes_consistent_shards_and_meta(bpe_data: Path, corpus: P
     tok = load_tokenizer(bpe_data)
     assert (tok.name, meta["eot_id"]) == ("bpe-300", tok.eot_id)
 
-    all_docs = list(iter_documents("text", str(corpus)))
+    all_docs = texts("text", str(corpus))
     decoded = {}
     for split in ("train", "val"):
         info = meta["splits"][split]
@@ -182,25 +191,30 @@ def test_rerun_over_a_folder_removes_stale_shards(corpus: Path, tmp_path: Path) 
     assert sorted(p.name for p in out.glob("*.bin")) == ["train_000.bin", "val_000.bin"]
 
 
-def test_interrupted_prepare_leaves_no_meta(corpus: Path, tmp_path: Path) -> None:
+def test_interrupted_prepare_leaves_the_old_data_whole(corpus: Path, tmp_path: Path) -> None:
+    """A re-prepare that dies keeps the previous data loadable; a first one that dies leaves no folder."""
     out = prepare("text", "cl100k_base", tmp_path / "d", path=str(corpus), show_progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     tok = make_tokenizer("cl100k_base")
 
     class Killed(Exception):
         pass
 
-    def crash(texts: list[str]) -> list[np.ndarray]:
-        raise Killed
+    class Broken(type(tok)):  # a tokenizer that dies on its first batch
+        def encode_to_arrays(self, texts: list[str]) -> list[np.ndarray]:
+            raise Killed
 
-    broken = type(tok)(tok.name, tok.vocab_size, tok.eot_id, encoding=tok._encoding)
-    broken.encode_to_arrays = crash  # type: ignore[method-assign]
+    broken = Broken(tok.name, tok.vocab_size, tok.eot_id, encoding=tok._encoding)
     with pytest.raises(Killed):
         prepare("text", broken, out, path=str(corpus), show_progress=False)
-    assert not (out / "meta.json").exists()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    TokenData(out)
+    with pytest.raises(Killed):
+        prepare("text", broken, tmp_path / "new", path=str(corpus), show_progress=False)
     with pytest.raises(PsyDuckError) as e:
-        TokenData(out)
+        TokenData(tmp_path / "new")
     assert str(e.value) == (
-        f"data folder {out} has no meta.json (prepare did not finish); run `psyduck prepare wiki-vital --out {out}`"
+        f"data folder not found: {tmp_path / 'new'}; run `psyduck prepare wiki-vital --out {tmp_path / 'new'}` first"
     )
 
 
@@ -211,7 +225,7 @@ def test_prepare_wiki_vital_cl100k(tmp_path: Path) -> None:
     assert (meta["source"], meta["path"], meta["dtype"]) == ("wiki-vital", None, "uint32")
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     assert (train["documents"], val["documents"]) == (10033 - 502, 502)
-    assert train["bytes"] + val["bytes"] == sum(len(d.encode("utf-8")) for d in iter_documents("wiki-vital"))
+    assert train["bytes"] + val["bytes"] == sum(len(d.encode("utf-8")) for d in texts("wiki-vital"))
     assert 0.9e6 < train["tokens"] + val["tokens"] < 1.2e6
     assert int((data.tokens("val") == data.eot_id).sum()) == 502
 
@@ -249,14 +263,6 @@ def test_get_batch_resumes_from_generator_state(bpe_data: Path) -> None:
     second = [data.get_batch("train", 4, 32, g2) for _ in range(3)]
     for (x1, y1), (x2, y2) in zip(first, second, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
-
-
-def test_ranks_sample_disjoint_parts(tmp_path: Path) -> None:
-    data = TokenData(counting_data(tmp_path / "d", 4000))
-    g = torch.Generator().manual_seed(0)
-    for rank in range(4):
-        x, y = data.get_batch("train", 64, 8, g, rank=rank, world_size=4)
-        assert int(x.min()) >= 1000 * rank and int(y.max()) < 1000 * (rank + 1)
 
 
 def test_eval_batches_cover_the_split_in_order(tmp_path: Path) -> None:
@@ -298,7 +304,7 @@ def test_num_bytes_and_attributes(bpe_data: Path) -> None:
 
 # --- error messages ------------------------------------------------------------------------------
 
-def error(fn, *args, **kwargs) -> str:  # noqa: ANN001
+def error(fn, *args, **kwargs) -> str:
     with pytest.raises(PsyDuckError) as e:
         fn(*args, **kwargs)
     return str(e.value)
@@ -338,25 +344,30 @@ def test_error_empty_corpus(tmp_path: Path) -> None:
 def test_error_unknown_source(tmp_path: Path) -> None:
     expected = (
         "unknown source 'wikipedia'; valid sources: wiki-vital, text, sales-textbook, wikitext-103, "
-        "wikitext-103-v1, wikitext-2, wikitext-2-v1 (text needs --path FILE_OR_FOLDER)"
+        "wikitext-103-v1, wikitext-2, wikitext-2-v1, files, hf, tinystories, fineweb-edu "
+        "(text and files need --path FILE_OR_FOLDER, hf a dataset name)"
     )
     assert error(prepare, "wikipedia", "cl100k_base", tmp_path, show_progress=False) == expected
-    assert error(iter_documents, "wikipedia") == expected
+    assert error(read_documents, "wikipedia") == expected
 
 
 def test_error_unknown_tokenizer(tmp_path: Path) -> None:
-    assert error(prepare, "wiki-vital", "gpt2", tmp_path / "x", show_progress=False) == (
-        "unknown tokenizer 'gpt2'; use 'cl100k_base' or 'bpe-<N>' with N >= 257 (e.g. bpe-8192)"
+    assert error(prepare, "wiki-vital", "gpt3", tmp_path / "x", show_progress=False) == (
+        "unknown tokenizer 'gpt3'; use 'cl100k_base', 'gpt2', 'bpe-<N>' with N >= 257 (e.g. bpe-8192), "
+        "or the path of a tokenizer.json"
+    )
+    assert error(prepare, "wiki-vital", str(tmp_path / "nope.json"), tmp_path / "x", show_progress=False) == (
+        f"tokenizer file not found: {tmp_path / 'nope.json'}; run `psyduck prepare` again to write it"
     )
 
 
 def test_error_text_source_paths(tmp_path: Path) -> None:
-    assert error(iter_documents, "text") == "the text source needs a file or folder; pass --path FILE_OR_FOLDER"
+    assert error(read_documents, "text") == "the text source needs a file or folder; pass --path FILE_OR_FOLDER"
     missing = tmp_path / "missing.txt"
-    assert error(iter_documents, "text", str(missing)) == (
+    assert error(read_documents, "text", str(missing)) == (
         f"text not found: {missing}; pass --path an existing file or folder"
     )
-    assert error(iter_documents, "wiki-vital", "x.txt") == (
+    assert error(read_documents, "wiki-vital", "x.txt") == (
         "the wiki-vital source takes no --path; use `text --path X` for your own files"
     )
 
@@ -376,10 +387,7 @@ def test_error_split_too_short(tmp_path: Path) -> None:
     )
     assert error(data.get_batch, "val", 2, 64, g) == expected
     assert error(lambda: list(data.iter_eval_batches("val", 2, 64))) == expected
-    assert error(data.get_batch, "train", 2, 64, g, rank=1, world_size=2) == (
-        "the train split has 50 tokens per rank (2 ranks), fewer than one context window (block_size+1 = 65); "
-        "use more text or a smaller --block-size"
-    )
+    assert error(data.check_fits, "val", 64) == expected
     data.get_batch("val", 2, 49, g)  # exactly one window fits
 
 
@@ -394,3 +402,20 @@ def test_error_tokenizer_mismatch(bpe_data: Path) -> None:
         f"data at {bpe_data} was prepared with bpe-300 but the run uses cl100k_base; "
         "prepare the data with --tokenizer cl100k_base or start a new run"
     )
+
+
+def test_prepare_and_config_do_not_import_torch(corpus: Path, tmp_path: Path) -> None:
+    """`psyduck prepare` and `psyduck config` start without PyTorch (seconds saved, and a
+    data-only machine does not need it): only the loader imports torch."""
+    script = (
+        "import sys\n"
+        "from psyduck.cli import main\n"
+        "assert main(['config', '--list']) == 0\n"
+        "assert 'torch' not in sys.modules, 'config imported torch'\n"
+        f"assert main(['prepare', 'text', '--path', {str(corpus)!r}, '--tokenizer', 'bpe-300',"
+        f" '--out', {str(tmp_path / 'd')!r}]) == 0\n"
+        "assert 'torch' not in sys.modules, 'prepare imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "d" / "meta.json").is_file()

@@ -149,11 +149,14 @@ def test_make_tokenizer_trains_bpe(bpe: Tokenizer) -> None:
     assert made.to_json() == bpe.to_json()
 
 
-@pytest.mark.parametrize("spec", ["gpt2", "bpe-256", "bpe-x", "BPE-8192", "cl100k"])
+@pytest.mark.parametrize("spec", ["gpt3", "bpe-256", "bpe-x", "BPE-8192", "cl100k"])
 def test_unknown_spec(spec: str) -> None:
     with pytest.raises(PsyDuckError) as e:
         make_tokenizer(spec, ["text"])
-    assert str(e.value) == f"unknown tokenizer '{spec}'; use 'cl100k_base' or 'bpe-<N>' with N >= 257 (e.g. bpe-8192)"
+    assert str(e.value) == (
+        f"unknown tokenizer '{spec}'; use 'cl100k_base', 'gpt2', 'bpe-<N>' with N >= 257 (e.g. bpe-8192), "
+        "or the path of a tokenizer.json"
+    )
 
 
 def test_bpe_spec_needs_texts() -> None:
@@ -187,3 +190,19 @@ def test_load_corrupt(tmp_path: Path, content: str) -> None:
     assert message.startswith(f"tokenizer file {path} is corrupt (")
     assert message.endswith("); run `psyduck prepare` again to write it")
     assert "\n" not in message
+
+
+def test_fingerprint_compares_the_encoding_not_the_file_text(bpe: Tokenizer, tmp_path: Path) -> None:
+    """An imported model's tokenizer.json and an identical one trained here agree (issue 16 part 5)."""
+    spec = json.loads(bpe.to_json())
+    model = spec["model"]
+    model["merges"] = [m.split(" ") if isinstance(m, str) else " ".join(m) for m in model["merges"]]  # other format
+    spec["pre_tokenizer"]["trim_offsets"] = not spec["pre_tokenizer"].get("trim_offsets", True)  # offsets only
+    spec["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": True}
+    reordered = json.dumps(dict(reversed(list(spec.items()))))  # other key order, no indentation
+    (tmp_path / "tokenizer.json").write_text(reordered)
+    other = load_tokenizer(tmp_path)
+    assert other.fingerprint == bpe.fingerprint
+    spec["model"]["merges"][0], spec["model"]["merges"][1] = spec["model"]["merges"][1], spec["model"]["merges"][0]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    assert load_tokenizer(tmp_path).fingerprint != bpe.fingerprint  # a different merge order: other ids

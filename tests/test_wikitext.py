@@ -25,13 +25,13 @@ import torch
 from psyduck.cli import main as cli_main
 from psyduck.data.loader import TokenData
 from psyduck.data.prepare import prepare
-from psyduck.data.sources import SALES_URL, SALES_URL_ENV, iter_documents, read_documents, sales_path
-from psyduck.data.wikitext import count_words, is_title
+from psyduck.data.sources import SALES_URL, SALES_URL_ENV, read_documents, sales_path
+from psyduck.data.wikitext import is_title
 from psyduck.errors import PsyDuckError
 from psyduck.evaluate import evaluate
 from psyduck.tokenizer import Tokenizer, load_tokenizer, make_tokenizer
 
-prepare_module = importlib.import_module("psyduck.data.prepare")  # the module (psyduck.data.prepare is the function)
+encode_module = importlib.import_module("psyduck.data.encode")
 
 # --- a small WikiText, in the files' own format: every line starts with a space ------------------
 
@@ -92,6 +92,11 @@ TEST_WORDS = 1 + 5 + 1 + 13 + 1 + 6 + 1 + 17 + 1 + 5 + 1 + 18  # = 70
 TEST = "".join(TEST_LINES)
 FILES = {"train": TRAIN, "valid": VALID, "test": TEST}
 HUB_NAMES = {"train": "train", "valid": "validation", "test": "test"}
+
+
+def count_words(line: str) -> int:
+    """WikiText's word count of one line, by hand: whitespace-separated tokens plus one end-of-line."""
+    return len(line.split()) + 1
 
 
 def hub_rows(text: str) -> list[str]:
@@ -232,7 +237,7 @@ def test_tokenized_variant_and_wrong_variant(tmp_path: Path, cl100k: Tokenizer) 
 def test_unrecognised_path(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(PsyDuckError) as e:
-        list(iter_documents("wikitext-103", str(tmp_path)))
+        list(read_documents("wikitext-103", str(tmp_path)))
     assert str(e.value) == (
         f"no WikiText found at {tmp_path}; pass --path wikitext-103-raw-v1.zip "
         "(from https://wikitext.smerity.com/wikitext-103-raw-v1.zip), its extracted folder (wiki.train.raw, ...), "
@@ -249,8 +254,8 @@ def test_streaming_pipeline_is_deterministic(
         one = prepare("wikitext-2", tok, tmp_path / f"one-{tok.name}", path=str(layouts["zip"]), show_progress=False,
                       threads=1)
         with monkeypatch.context() as m:
-            m.setattr(prepare_module, "BATCH_BYTES", 200)
-            m.setattr(prepare_module, "PIECE_CHARS", 40)
+            m.setattr(encode_module, "BATCH_BYTES", 200)
+            m.setattr(encode_module, "PIECE_CHARS", 40)
             many = prepare("wikitext-2", tok, tmp_path / f"many-{tok.name}", path=str(layouts["zip"]),
                            show_progress=False, threads=3, shard_tokens=100)
         joined = {s: b"".join(v for k, v in sorted(shards(many).items()) if k.startswith(s)) for s in ("train", "val", "test")}
@@ -429,7 +434,7 @@ def test_interrupted_download_leaves_nothing_behind(server: Server, cl100k: Toke
 def test_download_errors(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     server.mode = "404"
     with pytest.raises(PsyDuckError) as e:
-        list(iter_documents("sales-textbook"))
+        list(read_documents("sales-textbook"))
     assert str(e.value) == (
         f"cannot download the sales textbook: {server.url} answered HTTP 404 Not Found; "
         f"download {server.url} by hand and save it as {sales_path()}, or pass --path FILE"
@@ -448,7 +453,7 @@ def test_download_errors(server: Server, tmp_path: Path, monkeypatch: pytest.Mon
     assert SALES_URL.endswith("/goendalf666/sales-textbook_for_convincing_and_selling/resolve/main/sales_textbook.txt")
     missing = tmp_path / "nope.txt"
     with pytest.raises(PsyDuckError) as e:
-        list(iter_documents("sales-textbook", str(missing)))
+        list(read_documents("sales-textbook", str(missing)))
     assert str(e.value) == f"sales textbook not found: {missing}; pass --path the downloaded sales_textbook.txt"
 
 

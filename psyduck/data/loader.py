@@ -14,8 +14,8 @@ Design choices:
   builds the whole split in memory.
 - Training windows start at positions from `torch.randint(..., generator=g)`: saving
   `g.get_state()` in a checkpoint and restoring it resumes the exact same batch sequence.
-- For data-parallel training, rank r of w samples only from the r-th contiguous 1/w of the split,
-  so ranks never see the same window in one step. (Pass a CPU generator.)
+- Data-parallel training draws one global batch from one generator and gives each rank its rows
+  (see the trainer), so the loader knows nothing about ranks. (Pass a CPU generator.)
 - Splits are whatever meta.json lists: train and val always, test for sources with their own
   (WikiText).
 - Evaluation walks the split in order, so a loss is exact and repeatable. `iter_eval_batches`:
@@ -36,10 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psyduck.data.shards import DTYPES, FORMAT
 from psyduck.errors import PsyDuckError
 from psyduck.tokenizer import Tokenizer, load_tokenizer
-
-FORMAT = 1  # the meta.json format this loader reads (see prepare.py)
 
 
 class TokenData:
@@ -58,7 +57,7 @@ class TokenData:
             self.tokenizer_name: str = self.meta["tokenizer"]
             self.vocab_size: int = int(self.meta["vocab_size"])
             self.eot_id: int = int(self.meta["eot_id"])
-            dtype = np.dtype({"uint16": "<u2", "uint32": "<u4"}[self.meta["dtype"]])
+            dtype = DTYPES[self.meta["dtype"]]
             splits = {name: (list(s["shards"]), int(s["tokens"])) for name, s in self.meta["splits"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise PsyDuckError(f"data folder {self.folder} has a corrupt meta.json ({e!r}); {again}") from None
@@ -122,7 +121,7 @@ class TokenData:
         """The tokenizer the data was prepared with (from the folder's tokenizer.json)."""
         return load_tokenizer(self.folder)
 
-    def check_tokenizer(self, tokenizer: "str | Tokenizer") -> None:
+    def check_tokenizer(self, tokenizer: str | Tokenizer) -> None:
         """Refuse to use a model whose tokenizer is not the one that made these ids.
 
         Given a Tokenizer (not just a name), two tokenizers of the same name (say two different
@@ -156,17 +155,15 @@ class TokenData:
             out[here] = maps[k][index[here] - bounds[k]]
         return out
 
-    def _part(self, split: str, block_size: int, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
-        """(offset, length) of this rank's part of the split, checked to hold one window of block_size+1."""
+    def check_fits(self, split: str, block_size: int) -> None:
+        """Refuse a split too short for one training window of block_size+1 tokens (x and y)."""
         self._check_split(split)
-        part = self.num_tokens(split) // world_size
-        if part < block_size + 1:
-            per_rank = f" per rank ({world_size} ranks)" if world_size > 1 else ""
+        n = self.num_tokens(split)
+        if n < block_size + 1:
             raise PsyDuckError(
-                f"the {split} split has {part} tokens{per_rank}, fewer than one context window "
+                f"the {split} split has {n} tokens, fewer than one context window "
                 f"(block_size+1 = {block_size + 1}); use more text or a smaller --block-size"
             )
-        return rank * part, part
 
     def _gather(self, split: str, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x, y (B, T) int64 from windows tokens[s : s+T+1] for each start s."""
@@ -174,27 +171,19 @@ class TokenData:
         return window[:, :-1].contiguous(), window[:, 1:].contiguous()  # (B, T), (B, T)
 
     def get_batch(
-        self,
-        split: str,
-        batch_size: int,
-        block_size: int,
-        generator: torch.Generator,
-        rank: int = 0,
-        world_size: int = 1,
+        self, split: str, batch_size: int, block_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`batch_size` random windows from this rank's part of the split: x, y int64 (B, T)."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
-        offset, part = self._part(split, block_size, rank, world_size)
-        starts = torch.randint(part - block_size, (batch_size,), generator=generator)
-        return self._gather(split, starts.numpy() + offset, block_size)
+        """`batch_size` random windows of the split: x, y int64 (B, T)."""
+        self.check_fits(split, block_size)
+        starts = torch.randint(self.num_tokens(split) - block_size, (batch_size,), generator=generator)
+        return self._gather(split, starts.numpy(), block_size)
 
     def iter_eval_batches(
         self, split: str, batch_size: int, block_size: int, max_batches: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Non-overlapping windows in order, batch_size at a time (the last batch may be smaller)."""
-        _, part = self._part(split, block_size)
-        n_windows = (part - 1) // block_size  # window i predicts tokens i*T+1 .. i*T+T
+        self.check_fits(split, block_size)
+        n_windows = (self.num_tokens(split) - 1) // block_size  # window i predicts tokens i*T+1 .. i*T+T
         for b, first in enumerate(range(0, n_windows, batch_size)):
             if max_batches is not None and b >= max_batches:
                 return

@@ -2,64 +2,71 @@
 
 Tokenizing is slow next to training's need for data (a training step wants thousands of tokens in
 microseconds), so it happens once, ahead of time, and the result goes to disk as plain arrays that
-the loader memory-maps. `prepare` writes one folder:
-
-    out/tokenizer.json    the tokenizer (trained here for bpe-<N>, on the train split only)
-    out/train_000.bin     token ids, little-endian uint16 (vocab <= 65,536) or uint32, no header;
-    out/train_001.bin     a new shard every SHARD_TOKENS tokens
-    out/val_000.bin
-    out/test_000.bin      only for sources with their own test split (WikiText)
-    out/meta.json         what is in the shards (written last: its presence means "complete")
+the loader memory-maps. `prepare` writes one folder in the format of shards.py: the tokenizer, the
+split shards, and meta.json last.
 
 Design choices:
-- Every document's tokens are followed by the end-of-text id, so the model learns where texts end
-  and the loader can tell documents apart.
-- Splits: a source with its own split (WikiText: train / validation / test) keeps it. Otherwise the
-  split is per document, from a seeded permutation: the same source, seed and fraction give
-  byte-identical shards on every run. Validation gets round(n * val_fraction) documents, at least 1
-  and at most n - 1. A corpus of a single document is cut in two by characters instead (at the last
-  paragraph break, else line break, else space, before the cut point).
-- A BPE is trained on the train documents only, so validation text stays unseen (a fair val loss).
-- Streaming, bounded memory whatever the corpus size: documents are grouped into ~1 MB batches,
-  encoded on every core by a thread pool (tiktoken and HF tokenizers release Python's lock while
-  they work) with a few batches in flight, and appended in order to the shard files. Ids go from
-  the tokenizer into numpy arrays directly, never one Python int per token. A document longer than
-  PIECE_CHARS is encoded in pieces cut where a line starts after a newline, a point no pre-token of
-  cl100k_base or of our byte-level BPE crosses, so the ids are those of the whole text.
-- Progress on stderr: a bar of text bytes tokenized, with MB/s.
+- Splits are chosen per document (split.py); a BPE is trained on a bounded sample of the train
+  documents (``tokenizer_sample`` characters, default TOKENIZER_SAMPLE: a few tens of seconds of
+  training; smaller corpora are used whole), never on validation text.
+- Encoding uses every core with bounded memory whatever the corpus size (encode.py).
+- Safe and resumable: the work happens in a hidden partial folder that replaces ``out`` only when
+  complete (staging.py). Every COMMIT_BYTES of text, between two documents, the shard files are
+  fsynced and ``progress.json`` records the counts so far. A prepare killed at any moment and run
+  again with the same arguments keeps what was recorded, cuts back whatever was written after it
+  (a half-written shard is never taken as complete), skips the documents already done, and ends
+  with the same shards as an uninterrupted run. Other arguments, or a changed corpus: it starts over.
+- ``max_tokens`` stops the train split at about that many tokens (see encode.py); sources with their
+  own val split still get all of it; others are split as a stream (split.py), so only the start of
+  the corpus is ever read.
+- Progress on stderr: a bar of text bytes (or, with max_tokens, train tokens) with MB/s and an ETA.
 - ``bytes`` in meta.json counts the UTF-8 bytes of each split's text: dividing a summed loss (in bits)
   by it gives bits per byte, a metric that compares models with different tokenizers. ``words``
   (WikiText only) is the split's word count for word-level perplexity (see wikitext.py).
-- A killed prepare leaves no meta.json (old one removed first, new one written atomically last), so
-  the loader refuses the half-written folder instead of training on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import itertools
 import os
-import re
+import shutil
 import sys
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from psyduck.data.sources import Document, documents, open_source
+from psyduck.data.encode import Batch, Encoder, pieces
+from psyduck.data.shards import (
+    FORMAT,
+    SHARD_TOKENS,
+    SPLITS,
+    WORD_COUNT,
+    ShardWriter,
+    dtype_name,
+    token_dtype,
+)
+from psyduck.data.sources import SourceOptions
+from psyduck.data.split import Plan
+from psyduck.data.staging import (
+    PROGRESS,
+    check_out,
+    partial_dir,
+    read_progress,
+    repair,
+    swap_in,
+)
 from psyduck.errors import PsyDuckError
 from psyduck.io import write_json_atomic
-from psyduck.tokenizer import Tokenizer, bpe_vocab_size, make_tokenizer
+from psyduck.tokenizer import Tokenizer, bpe_vocab_size, load_tokenizer, make_tokenizer
 
-FORMAT = 1  # meta.json format version
-SHARD_TOKENS = 100_000_000  # tokens per shard file: 200 MB as uint16
-BATCH_BYTES = 1 << 20  # text per encoding task: large enough to amortize, small enough to bound memory
-PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces of about this many characters
-SPLITS = ("train", "val", "test")
-WORD_COUNT = "WikiText words: str.split() tokens of each original line, plus 1 end-of-line per line"
-_LINE_START = re.compile(r"\n(?=\S)")  # a newline followed by a non-space: a safe place to cut
+COMMIT_BYTES = 32 << 20  # text between two progress records: the most a kill can cost
+TOKENIZER_SAMPLE = 64_000_000  # characters a BPE trains on by default
+MIN_TOKENS = 1025  # --max-tokens below one context window of 1024 (+1 target) cannot train anything
 
 
 def cpu_count() -> int:
@@ -70,155 +77,45 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest little-endian unsigned integer type that holds every id."""
-    return np.dtype("<u2") if vocab_size <= 2**16 else np.dtype("<u4")
+def _check_arguments(val_fraction: float, max_tokens: int | None, tokenizer_sample: int) -> None:
+    if not 0 < val_fraction < 1:
+        raise PsyDuckError(f"val_fraction must be between 0 and 1, got {val_fraction}; try 0.05")
+    if max_tokens is not None and max_tokens < MIN_TOKENS:
+        raise PsyDuckError(
+            f"--max-tokens {max_tokens:,} is smaller than one context window ({MIN_TOKENS:,} tokens for a "
+            f"1,024-token context); use at least {MIN_TOKENS}"
+        )
+    if tokenizer_sample < 1:
+        raise PsyDuckError(f"--tokenizer-sample must be positive, got {tokenizer_sample}; try 64M")
 
 
-def dtype_name(dtype: np.dtype) -> str:
-    """"uint16" or "uint32", as written in meta.json."""
-    return f"uint{dtype.itemsize * 8}"
+def _resume_state(partial: Path, job: dict, count: int | None, show_progress: bool) -> dict | None:
+    """The progress of an interrupted prepare of the same job on the same corpus in `partial`, else
+    None (and an empty `partial`)."""
+    progress = read_progress(partial)
+    if progress is not None and progress.get("job") == job and progress.get("count") == count:
+        if show_progress:
+            tqdm.write(f"resuming an interrupted prepare in {partial}", file=sys.stderr)
+        return progress
+    if partial.exists():
+        if progress is not None and show_progress:
+            tqdm.write(f"{partial} holds a prepare of other arguments or text; starting over", file=sys.stderr)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return None
 
 
-def _cut_point(text: str, fraction: float) -> int:
-    """Where to cut a lone document so that about `fraction` of it goes to validation.
-
-    Prefers a paragraph break, then a line break, then a space, within the second half before the
-    target; returns an index in [1, len(text) - 1], so both pieces are non-empty.
-    """
-    target = min(len(text) - 1, max(1, round(len(text) * (1 - fraction))))
-    for boundary in ("\n\n", "\n", " "):
-        at = text.rfind(boundary, target // 2, target)
-        if at > 0:
-            return at
-    return target
-
-
-class _Plan:
-    """Which document goes to which split, and how much text there is."""
-
-    def __init__(self, source: str, path: str | None, val_fraction: float, seed: int) -> None:
-        self.source, self.path = source, path
-        raw = open_source(source, path)  # mistakes in source or path raise here
-        docs = documents(raw)
-        first = next(docs, None)
-        if first is None:
-            where = path if path is not None else source
-            raise PsyDuckError(f"corpus is empty: {where} holds no text; point --path at a file or folder with text")
-        self.own_splits = first.split is not None
-        self.single: tuple[str, str] | None = None  # (train text, val text) for a lone document
-        self.is_val = np.zeros(0, dtype=bool)
-        self._open: Iterator[Document] | None = None
-        if self.own_splits:  # stream straight away: no counting pass
-            self.total_bytes: int | None = getattr(raw, "size_hint", None)
-            self._open = itertools.chain([first], docs)
-            return
-        count, self.total_bytes = 1, len(first.text.encode("utf-8"))
-        for doc in docs:
-            count, self.total_bytes = count + 1, self.total_bytes + len(doc.text.encode("utf-8"))
-        if count == 1:
-            if len(first.text) < 2:
-                raise PsyDuckError(
-                    "corpus is too small to split into train and val: it holds 1 character; use more text"
-                )
-            cut = _cut_point(first.text, val_fraction)
-            self.single = (first.text[:cut].rstrip(), first.text[cut:].lstrip())
-        else:
-            n_val = min(count - 1, max(1, round(count * val_fraction)))
-            self.is_val = np.zeros(count, dtype=bool)
-            self.is_val[np.random.default_rng(seed).permutation(count)[:n_val]] = True
-
-    def documents(self) -> Iterator[Document]:
-        """Every document with its split set, in source order (each call reads the source again)."""
-        if self.single is not None:
-            yield Document(self.single[0], "train")
-            yield Document(self.single[1], "val")
-            return
-        docs, self._open = self._open or documents(open_source(self.source, self.path)), None
-        if self.own_splits:
-            for doc in docs:
-                if doc.split not in SPLITS:
-                    raise ValueError(f"source {self.source} gave a document with split {doc.split!r}")
-                yield doc
-        else:
-            for i, doc in enumerate(docs):
-                yield doc._replace(split="val" if self.is_val[i] else "train")
-
-    def train_texts(self) -> Iterator[str]:
-        return (doc.text for doc in self.documents() if doc.split == "train")
-
-
-class _ShardWriter:
-    """Appends token ids to out/<split>_000.bin, _001.bin, ... starting a new file every `cap` tokens."""
-
-    def __init__(self, out: Path, split: str, dtype: np.dtype, cap: int) -> None:
-        self.out, self.split, self.dtype, self.cap = out, split, dtype, cap
-        self.shards: list[str] = []
-        self.tokens = self.bytes = self.documents = 0
-        self.words: int | None = None  # summed only when documents carry word counts
-        self._file = None
-        self._room = 0  # tokens the open shard can still take
-
-    def write(self, ids: np.ndarray) -> None:
-        while len(ids):
-            if self._room == 0:
-                self._next_shard()
-            chunk, ids = ids[: self._room], ids[self._room :]
-            chunk.astype(self.dtype, copy=False).tofile(self._file)
-            self._room -= len(chunk)
-            self.tokens += len(chunk)
-
-    def _next_shard(self) -> None:
-        self.close()
-        name = f"{self.split}_{len(self.shards):03d}.bin"
-        self.shards.append(name)
-        self._file = open(self.out / name, "wb")
-        self._room = self.cap
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def summary(self) -> dict:
-        info = {"shards": self.shards, "tokens": self.tokens, "bytes": self.bytes, "documents": self.documents}
-        if self.words is not None:
-            info["words"] = self.words
-        return info
-
-
-def _pieces(text: str) -> Iterator[tuple[str, bool]]:
-    """(piece, is_last) cutting a long document at line starts every PIECE_CHARS or so (see above)."""
-    start = 0
-    while len(text) - start > PIECE_CHARS:
-        cut = _LINE_START.search(text, start + PIECE_CHARS)
-        if cut is None:
-            break
-        yield text[start : cut.end()], False
-        start = cut.end()
-    yield text[start:], True
-
-
-def _encode(tok: Tokenizer, batch: list[tuple[str, str, bool]], dtype: np.dtype) -> list[tuple[str, np.ndarray]]:
-    """A worker's task: ids of (split, piece, ends_document) items, one array per run of one split,
-    with the end-of-text id after each document's last piece."""
-    eot = np.array([tok.eot_id], dtype=np.uint32)
-    runs: list[tuple[str, list[np.ndarray]]] = []
-    for (split, _, ends), ids in zip(batch, tok.encode_to_arrays([text for _, text, _ in batch]), strict=True):
-        if not runs or runs[-1][0] != split:
-            runs.append((split, []))
-        runs[-1][1].append(ids)
-        if ends:
-            runs[-1][1].append(eot)
-    return [(split, np.concatenate(parts).astype(dtype, copy=False)) for split, parts in runs]
-
-
-def _clear(out: Path) -> None:
-    """Remove what a previous prepare wrote here (meta.json first: the folder stops looking complete)."""
-    (out / "meta.json").unlink(missing_ok=True)
-    for split in SPLITS:
-        for shard in out.glob(f"{split}_*.bin"):
-            shard.unlink()
+def _tokenizer(spec: str | Tokenizer, plan: Plan, partial: Path, resuming: bool, sample: int, show: bool) -> Tokenizer:
+    """The tokenizer to encode with: given, reloaded (a resume), trained on a sample, or by name/path."""
+    if isinstance(spec, Tokenizer):
+        return spec
+    if resuming:
+        return load_tokenizer(partial)
+    if bpe_vocab_size(spec) is None:
+        return make_tokenizer(spec)
+    if show:
+        tqdm.write(f"training {spec} on up to {sample / 1e6:,.0f} MB of the train split...", file=sys.stderr)
+    return make_tokenizer(spec, plan.train_sample(sample))
 
 
 def prepare(
@@ -227,92 +124,165 @@ def prepare(
     out: str | Path,
     *,
     path: str | None = None,
+    options: SourceOptions | None = None,
     val_fraction: float = 0.05,
     seed: int = 1337,
     show_progress: bool = True,
     shard_tokens: int = SHARD_TOKENS,
     threads: int | None = None,
+    max_tokens: int | None = None,
+    tokenizer_sample: int = TOKENIZER_SAMPLE,
+    force: bool = False,
 ) -> Path:
     """Tokenize a source into split shards in folder `out` (see the module docstring); returns `out`.
 
-    `val_fraction` and `seed` choose the validation documents of sources without their own split.
-    `threads` encoding threads (default: every core this process may use).
+    `options` are what the source needs beyond its path (the text field of records, an encoding,
+    a dataset name). `val_fraction` and `seed` choose the validation documents of sources without
+    their own split. `threads` encoding threads (default: every core this process may use).
+    `force` replaces an `out` that holds a run or foreign files.
     """
-    if not 0 < val_fraction < 1:
-        raise PsyDuckError(f"val_fraction must be between 0 and 1, got {val_fraction}; try 0.05")
-    if isinstance(tokenizer, str):
-        bpe_vocab_size(tokenizer)  # reject an unknown spec before reading any text
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PsyDuckError(f"--out {out} is a file; choose a folder name")
-    plan = _Plan(source, path, val_fraction, seed)
-
-    if isinstance(tokenizer, str):
-        if show_progress and bpe_vocab_size(tokenizer) is not None:
-            tqdm.write(f"training {tokenizer} on the train split...", file=sys.stderr)
-        tok = make_tokenizer(tokenizer, plan.train_texts())
-    else:
-        tok = tokenizer
-    out.mkdir(parents=True, exist_ok=True)
-    _clear(out)
-    tok.save(out)
-
+    _check_arguments(val_fraction, max_tokens, tokenizer_sample)
+    if isinstance(tokenizer, str) and bpe_vocab_size(tokenizer) is None:
+        make_tokenizer(tokenizer)  # a wrong name, a missing file or an offline download fails before any reading
+    given, options = Path(out), options or SourceOptions()
+    out = given.resolve()  # "--out ." or "x/" still names a folder with a parent to swap in
+    check_out(given, force)
+    repair(out)
+    job = {
+        "format": FORMAT, "source": source, "path": path, "options": dataclasses.asdict(options),
+        "tokenizer": tokenizer if isinstance(tokenizer, str) else f"{tokenizer.name}:{tokenizer.fingerprint}",
+        "val_fraction": val_fraction, "seed": seed, "shard_tokens": shard_tokens, "max_tokens": max_tokens,
+        "tokenizer_sample": tokenizer_sample, "signature": _signature(path),
+    }
+    partial = partial_dir(out)
+    earlier = read_progress(partial)  # the same files as last time: no need to count them again
+    known = (earlier["count"], earlier.get("total_bytes")) if _same_files(earlier, job) else None
+    # mistakes in source or path raise here; with max_tokens only the start of the corpus is read
+    plan = Plan(source, path, options, val_fraction, seed, known, partial_read=max_tokens is not None)
+    progress = _resume_state(partial, job, plan.count, show_progress)
+    if progress is not None and progress.get("complete"):
+        return _finish(partial, out, given)
+    tok = _tokenizer(tokenizer, plan, partial, progress is not None, tokenizer_sample, show_progress)
     dtype = token_dtype(tok.vocab_size)
-    writers: dict[str, _ShardWriter] = {}
-    n_threads = max(1, threads or cpu_count())
-    bar = tqdm(
-        total=plan.total_bytes, unit="B", unit_scale=True, desc=f"tokenizing {source}",
-        disable=not show_progress, file=sys.stderr, smoothing=0.1,
+    progress, writers = _start(partial, job, plan, tok, progress, shard_tokens)
+    encoder = Encoder(
+        partial, tok, dtype, shard_tokens, max(1, threads or cpu_count()), writers,
+        max_tokens, stop_all=not plan.own_splits, train_full=bool(progress.get("train_full")),
+        commit_bytes=COMMIT_BYTES, checkpoint=functools.partial(_record, partial, progress),
     )
-    pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="psyduck-encode")
-    pending: deque[tuple[Future, int]] = deque()  # tasks in flight, in order, with their text bytes
+    try:
+        _encode_all(plan, encoder, progress, source, show_progress)
+    finally:
+        encoder.close()
+    _write_meta(partial, encoder, tok, plan, source, path, options, val_fraction, seed, max_tokens)
+    write_json_atomic(partial / PROGRESS, {**progress, "complete": True})
+    return _finish(partial, out, given)
 
-    def drain(keep: int) -> None:
-        """Write finished tasks in order until at most `keep` remain in flight."""
-        while len(pending) > keep:
-            future, nbytes = pending.popleft()
-            for split, ids in future.result():
-                writers[split].write(ids)
+
+def _start(
+    partial: Path, job: dict, plan: Plan, tok: Tokenizer, progress: dict | None, shard_tokens: int
+) -> tuple[dict, dict[str, ShardWriter]]:
+    """The progress record and shard writers to continue from: restored from `progress`, or a
+    fresh start (tokenizer saved, nothing done) when there is none or its files do not match it."""
+    dtype = token_dtype(tok.vocab_size)
+    writers = _restore_writers(partial, progress, dtype, shard_tokens) if progress is not None else None
+    if progress is not None and writers is not None:
+        return progress, writers
+    shutil.rmtree(partial)
+    tok.save(partial)
+    progress = {"job": job, "count": plan.count, "total_bytes": plan.total_bytes, "documents": 0, "splits": {},
+                "train_full": False}
+    write_json_atomic(partial / PROGRESS, progress)
+    return progress, {}
+
+
+def _record(partial: Path, progress: dict, documents: int, splits: dict[str, dict], train_full: bool) -> None:
+    """Write progress.json: `documents` are done and the shards hold exactly `splits`."""
+    progress.update(documents=documents, splits=splits, train_full=train_full)
+    write_json_atomic(partial / PROGRESS, progress)
+
+
+def _same_files(earlier: dict | None, job: dict) -> bool:
+    """Whether an earlier record is of this job over files that have not changed since."""
+    return earlier is not None and earlier.get("job") == job and job["signature"] is not None and bool(earlier.get("count"))
+
+
+def _signature(path: str | None) -> str | None:
+    """A cheap hash of the files at `path` (names, sizes, modification times): a resume trusts the
+    earlier count of documents only while it is unchanged. None without a local path."""
+    if path is None or not Path(path).exists():
+        return None
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        digest.update(f"{f.relative_to(root) if f != root else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _restore_writers(partial: Path, progress: dict, dtype: np.dtype, cap: int) -> dict[str, ShardWriter] | None:
+    """The writers of an interrupted prepare, cut back to its record; None when the files do not match it."""
+    try:
+        return {s: ShardWriter.restore(partial, s, dtype, cap, state) for s, state in progress["splits"].items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _encode_all(plan: Plan, encoder: Encoder, progress: dict, source: str, show: bool) -> None:
+    """Feed every document not yet done to the encoder (which records progress as it writes)."""
+    by_tokens = encoder.max_tokens is not None
+    train = encoder.writers.get("train")
+    bar = tqdm(
+        total=encoder.max_tokens if by_tokens else plan.total_bytes, initial=(train.tokens if train else 0) if by_tokens
+        else sum(w.bytes for w in encoder.writers.values()), unit="tok" if by_tokens else "B", unit_scale=True,
+        desc=f"tokenizing {source}", disable=not show, file=sys.stderr, smoothing=0.1,
+    )
+    start, text_bytes = time.perf_counter(), 0
+
+    def advance(nbytes: int) -> None:
+        nonlocal text_bytes
+        text_bytes += nbytes
+        if by_tokens:
+            train = encoder.writers.get("train")
+            bar.update((train.tokens if train else 0) - bar.n)
+            bar.set_postfix_str(f"{text_bytes / 1e6 / max(time.perf_counter() - start, 1e-9):.1f} MB/s", refresh=False)
+        else:
             bar.update(nbytes)
 
+    done = progress["documents"]
+    batch = Batch()
     try:
-        batch: list[tuple[str, str, bool]] = []
-        batch_chars = batch_bytes = 0
-        for doc in plan.documents():
-            split = doc.split
-            assert split is not None
-            if split not in writers:
-                writers[split] = _ShardWriter(out, split, dtype, shard_tokens)
-            writer = writers[split]
-            nbytes = len(doc.text.encode("utf-8"))
-            writer.documents += 1
-            writer.bytes += nbytes
-            if doc.words is not None:
-                writer.words = (writer.words or 0) + doc.words
-            batch_bytes += nbytes
-            for piece, last in _pieces(doc.text):
-                batch.append((split, piece, last))
-                batch_chars += len(piece)
-                if batch_chars >= BATCH_BYTES:
-                    pending.append((pool.submit(_encode, tok, batch, dtype), batch_bytes))
-                    batch, batch_chars, batch_bytes = [], 0, 0
-                    drain(keep=2 * n_threads)  # enough queued to keep every core busy, no more
-        if batch:
-            pending.append((pool.submit(_encode, tok, batch, dtype), batch_bytes))
-        drain(keep=0)
+        for i, doc in enumerate(itertools.islice(plan.documents(), done, None), done):
+            if encoder.stopped:
+                break
+            if doc.split == "train" and encoder.train_full:
+                continue
+            for piece, last in pieces(doc.text):
+                batch.add(doc, piece, last)
+                if batch.full():
+                    batch.ends_at = i + 1 if last else None
+                    advance(encoder.submit(batch))
+                    batch = Batch()
+        if batch.items:
+            encoder.submit(batch)
+        advance(encoder.drain())
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
         if bar.total is not None and not bar.disable and bar.n != bar.total:
-            bar.total = bar.n  # the total was an estimate (WikiText's file sizes); end the bar at 100%
+            bar.total = bar.n  # the total was an estimate (file sizes, a dataset card); end the bar at 100%
         bar.close()
-        for writer in writers.values():
-            writer.close()
 
+
+def _write_meta(partial: Path, encoder: Encoder, tok: Tokenizer, plan: Plan, source: str, path: str | None,
+                options: SourceOptions, val_fraction: float, seed: int, max_tokens: int | None) -> None:
+    """meta.json (see shards.py), after checking that train and val both have text."""
+    writers = encoder.writers
     for split in ("train", "val"):
-        if split not in writers:
-            where = path if path is not None else source
-            _clear(out)
+        if split not in writers or writers[split].tokens == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            where = path if path is not None else (options.name or source)
             raise PsyDuckError(f"{where} has no {split} text; a corpus needs both a train and a val split")
+    encoder.commit()
     meta = {
         "format": FORMAT,
         "source": source,
@@ -320,12 +290,22 @@ def prepare(
         "tokenizer": tok.name,
         "vocab_size": tok.vocab_size,
         "eot_id": tok.eot_id,
-        "dtype": dtype_name(dtype),
+        "dtype": dtype_name(token_dtype(tok.vocab_size)),
         "splits": {s: writers[s].summary() for s in SPLITS if s in writers},
         "val_fraction": None if plan.own_splits else val_fraction,
         "seed": None if plan.own_splits else seed,
     }
+    if options != SourceOptions():
+        meta["options"] = {k: v for k, v in dataclasses.asdict(options).items() if v != getattr(SourceOptions(), k)}
+    if max_tokens is not None:
+        meta["max_tokens"] = max_tokens
     if any(w.words is not None for w in writers.values()):
         meta["word_count"] = WORD_COUNT
-    write_json_atomic(out / "meta.json", meta)
-    return out
+    write_json_atomic(partial / "meta.json", meta)
+
+
+def _finish(partial: Path, out: Path, given: Path) -> Path:
+    """Swap the complete partial folder in as `out` and drop its progress record; returns `out` as given."""
+    swap_in(partial, out)
+    (out / PROGRESS).unlink(missing_ok=True)
+    return given

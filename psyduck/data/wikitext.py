@@ -48,12 +48,10 @@ import re
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, ContextManager
+from typing import BinaryIO, ContextManager
 
+from psyduck.data.document import Document
 from psyduck.errors import PsyDuckError
-
-if TYPE_CHECKING:
-    from psyduck.data.sources import Document
 
 CONFIGS = {  # PsyDuck source name -> Hugging Face config name (also the name of the original zip)
     "wikitext-103": "wikitext-103-raw-v1",
@@ -77,15 +75,8 @@ def is_title(line: str) -> bool:
     return line.startswith("= ") and _TITLE.fullmatch(line) is not None
 
 
-def count_words(line: str) -> int:
-    """The WikiText word count of one line: its whitespace-separated tokens plus one end-of-line."""
-    return len(line.split()) + 1
-
-
 def articles(split: str, batches: Iterator[list[str]]) -> Iterator[Document]:
     """Join lines (in batches, as read) into one Document per article, with its word count."""
-    from psyduck.data.sources import Document
-
     lines: list[str] = []
     has_text = False  # the pending lines hold more than blank ones
 
@@ -243,7 +234,8 @@ def _text_lines(open_binary: Callable[[], ContextManager[BinaryIO]]) -> Iterator
 
     Lines end at "\n", "\r\n" or "\r" (Python's universal newlines, as the hub's conversion used),
     and nowhere else. Invalid UTF-8 becomes U+FFFD. (Reading bytes and cutting after the last "\n"
-    of each read is 2-3x faster than a TextIOWrapper, and never splits a UTF-8 character.)
+    of each read is faster than a TextIOWrapper, see docs/perf-notes-data.md, and never splits a
+    UTF-8 character.)
     """
     with open_binary() as f:
         rest = b""
@@ -273,7 +265,7 @@ def _parquet_lines(files: list[Path]) -> Iterator[list[str]]:
             yield batch.column(0).to_pylist()
 
 
-def _dataset_lines(split) -> Iterator[list[str]]:  # noqa: ANN001 (a datasets.Dataset)
+def _dataset_lines(split) -> Iterator[list[str]]:
     """The `text` column of a Hugging Face dataset split, one row per line, in batches."""
     for batch in split.iter(batch_size=65_536):
         yield batch["text"]

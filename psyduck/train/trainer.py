@@ -116,11 +116,7 @@ class Trainer:
         else:
             cfg.model.vocab_size = data.vocab_size
         for split in ("train", "val"):
-            if data.num_tokens(split) < cfg.model.block_size + 1:
-                raise PsyDuckError(
-                    f"the {split} split has {data.num_tokens(split)} tokens, fewer than one context window "
-                    f"(block_size+1 = {cfg.model.block_size + 1}); use more text or a smaller --block-size"
-                )
+            data.check_fits(split, cfg.model.block_size)
         return data, tokenizer
 
     def _build_model(self) -> None:
