@@ -23,7 +23,7 @@ import re
 import shutil
 from pathlib import Path
 
-from psyduck.io import fsync_folder, write_json_atomic
+from psyduck.io import fsync_folder
 from psyduck.data.shards import SPLITS
 from psyduck.errors import PsyDuckError
 
@@ -70,7 +70,12 @@ def repair(out: Path) -> None:
 
 
 def swap_in(partial: Path, out: Path) -> None:
-    """Make the finished partial folder `out`, replacing what was there."""
+    """Make the finished partial folder `out`, replacing what was there.
+
+    Temporary files a killed earlier attempt left behind (`.tmp-NAME-PID`, see io.temp_name) are
+    removed first: this prepare has finished writing, so any that remain are not its own."""
+    for stale in partial.glob(".tmp-*"):
+        stale.unlink(missing_ok=True)
     old = _old_dir(out)
     shutil.rmtree(old, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
