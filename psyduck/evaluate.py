@@ -33,6 +33,14 @@ from psyduck.errors import PsyDuckError
 from psyduck.losses import FusedLoss
 
 
+def check_batches(batch_size: int, max_batches: int | None) -> None:
+    """Refuse a batch size or batch limit below 1 (0 batches would report a loss of 0 over 0 tokens)."""
+    if batch_size < 1:
+        raise PsyDuckError(f"--batch-size must be a positive integer, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise PsyDuckError(f"--max-batches must be a positive integer (leave it out for the whole split), got {max_batches}")
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -49,6 +57,7 @@ def evaluate(
     `max_batches` stops early (an estimate; refused with `word_perplexity`, which needs the whole
     split). `word_perplexity=True` adds "words" and "word_perplexity" and needs WikiText data.
     """
+    check_batches(batch_size, max_batches)
     block_size = model.config.block_size
     words = data.num_words(split) if word_perplexity else None  # refuses data without word counts
     if word_perplexity and max_batches is not None:

@@ -271,10 +271,14 @@ def make_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
     return train_bpe(texts, vocab_size)
 
 
-def load_tokenizer(folder: str | Path) -> Tokenizer:
-    """Read folder/tokenizer.json as written by `Tokenizer.save`."""
+def load_tokenizer(folder: str | Path, fix: str | None = None) -> Tokenizer:
+    """Read folder/tokenizer.json as written by `Tokenizer.save`.
+
+    `fix` is the advice when the file is missing or corrupt. The default suits a data folder, which
+    `psyduck prepare` writes; a run folder's copy comes from its data folder, so `load_run` says so.
+    """
     path = Path(folder) / "tokenizer.json"
-    fix = "run `psyduck prepare` again to write it"
+    fix = fix or "run `psyduck prepare` again to write it"
     if not path.is_file():
         raise PsyDuckError(f"tokenizer file not found: {path}; {fix}")
     try:
