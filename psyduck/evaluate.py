@@ -82,11 +82,16 @@ def evaluate(
     tokens_per_byte = data.num_tokens(split) / max(data.num_bytes(split), 1)
     result = {
         "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
+        "perplexity": exp_or_inf(loss),
         "bits_per_byte": loss / math.log(2) * tokens_per_byte,  # = total bits / bytes over the whole split
         "tokens": count,
     }
     if words is not None:
         result["words"] = words
-        result["word_perplexity"] = math.exp(min(total / words, 700.0))
+        result["word_perplexity"] = exp_or_inf(total / words)
     return result
+
+
+def exp_or_inf(x: float) -> float:
+    """exp(x), or infinity for x above 709 (where float64 overflows, math.exp raises); NaN stays NaN."""
+    return math.exp(x) if not x > 709.0 else math.inf
