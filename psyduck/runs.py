@@ -292,17 +292,21 @@ def load_run(
 def named_checkpoint(run: RunFolder, checkpoint: str | Path) -> Path:
     """The checkpoint folder a user named: a path, or a bare name inside the run (`step_0000020`).
 
-    A name that is neither is "not found" (not "damaged"), with the run's checkpoints listed.
+    A name that is neither is "not found", and a file or a folder that never held a checkpoint (the
+    run folder itself, say) "not a checkpoint folder": both list the run's checkpoints. A folder
+    that is a checkpoint is returned even if damaged: loading it names what is wrong.
     """
     path = Path(checkpoint)
-    if path.exists():
-        return path
     inside = run.checkpoints_dir / path
-    if len(path.parts) == 1 and inside.exists():
-        return inside
+    if not path.exists() and len(path.parts) == 1 and inside.exists():
+        path = inside
+    is_checkpoint = path.is_dir() and any((path / name).exists() for name in ("model.safetensors", "state.json"))
+    if is_checkpoint:
+        return path
     names = [c.name for c in run.checkpoints()]
     have = f"{run.path} has {', '.join(names)}" if names else f"{run.path} has no checkpoint yet"
-    raise PsyDuckError(f"checkpoint not found: {path}; {have} (pass one of them, or 'best', to --checkpoint)")
+    problem = "is not a checkpoint folder" if path.exists() else "not found"
+    raise PsyDuckError(f"checkpoint {checkpoint} {problem}; {have} (pass one of them, or 'best', to --checkpoint)")
 
 
 def nonfinite_weights(model: torch.nn.Module) -> str | None:

@@ -160,11 +160,12 @@ def test_nan_weights_from_a_fresh_process_is_one_line(run, tmp_path):
 
 def test_missing_checkpoint_is_not_found_and_lists_the_run_s(capsys, run):
     missing = run / "checkpoints" / "step_0000099"
-    assert error_of(capsys, ["generate", str(run), "--checkpoint", str(missing)]) == (
-        f"checkpoint not found: {missing}; {run} has step_0000005, step_0000010 "
-        "(pass one of them, or 'best', to --checkpoint)"
+    listing = f"{run} has step_0000005, step_0000010 (pass one of them, or 'best', to --checkpoint)"
+    assert error_of(capsys, ["generate", str(run), "--checkpoint", str(missing)]) == f"checkpoint {missing} not found; {listing}"
+    assert error_of(capsys, ["eval", str(run), "--checkpoint", "step_7"]) == f"checkpoint step_7 not found; {listing}"
+    assert error_of(capsys, ["generate", str(run), "--checkpoint", str(run)]) == (
+        f"checkpoint {run} is not a checkpoint folder; {listing}"
     )
-    assert error_of(capsys, ["eval", str(run), "--checkpoint", "step_7"]).startswith("checkpoint not found: step_7; ")
     assert main(["eval", str(run), "--checkpoint", "step_0000005", "--max-batches", "1"]) == 0  # a bare name is found
     assert capsys.readouterr().out.startswith("val: loss ")
 
