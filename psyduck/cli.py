@@ -17,10 +17,14 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from psyduck.errors import PsyDuckError
 
-THREADS_HELP = (
+if TYPE_CHECKING:  # torch loads only in the subcommands that need it
+    import torch
+
+THREADS_HELP = (  # the figure is generate.threads.ONE_THREAD_MAX_PARAMS (torch is not imported for --help)
     "CPU threads per decode step (default: 1 for models up to 150M parameters, whose one-row products "
     "are too short to split, else torch's; OMP_NUM_THREADS is respected)"
 )
@@ -85,7 +89,7 @@ def print_json(obj: object) -> None:
     print(json.dumps(json_safe(obj), allow_nan=False))
 
 
-def set_decode_threads(model, device, requested: int | None) -> int:
+def set_decode_threads(model: torch.nn.Module, device: torch.device | str, requested: int | None) -> int:
     """Set torch's thread count for decoding `model` (`psyduck.generate.decode_threads` says why)."""
     import torch
 

@@ -208,8 +208,11 @@ def test_metrics_that_are_not_utf8_are_read(run, tmp_path):
 # -- decode threads (item 8) -------------------------------------------------------------------
 
 def test_decode_threads_default_to_one_for_small_models_on_cpus():
+    from psyduck.cli import THREADS_HELP
     from psyduck.generate import decode_threads
+    from psyduck.generate.threads import ONE_THREAD_MAX_PARAMS
 
+    assert f"up to {ONE_THREAD_MAX_PARAMS // 10**6}M parameters" in THREADS_HELP
     assert decode_threads(11_500_000, "cpu", environ={}) == 1
     assert decode_threads(11_500_000, "cpu", requested=3, environ={}) == 3  # --threads wins
     assert decode_threads(11_500_000, "cpu", environ={"OMP_NUM_THREADS": "2"}) == torch.get_num_threads()
