@@ -37,8 +37,8 @@ def decode_threads(
     `requested` (the `--threads` flag) wins; otherwise one thread for a small model on a CPU (see
     above), else torch's current count.
     """
-    if check_threads(requested) is not None:
-        return requested
+    if (threads := check_threads(requested)) is not None:
+        return threads
     if torch.device(device).type != "cpu" or any(environ.get(k) for k in THREAD_ENV):
         return torch.get_num_threads()
     return 1 if num_params <= ONE_THREAD_MAX_PARAMS else torch.get_num_threads()
