@@ -14,10 +14,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from psyduck.errors import PsyDuckError
+
+if TYPE_CHECKING:  # torch loads only in the subcommands that need it
+    import torch
+
+THREADS_HELP = (  # the figure is generate.threads.ONE_THREAD_MAX_PARAMS (torch is not imported for --help)
+    "CPU threads per decode step (default: 1 for models up to 150M parameters, whose one-row products "
+    "are too short to split, else torch's; OMP_NUM_THREADS is respected)"
+)
 
 # flag -> config key: the common training knobs; anything else is `key=value`
 TRAIN_FLAGS = {
@@ -92,19 +102,39 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = build_config(args)
     result = train(cfg, args.out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
-    print(json.dumps(result))
+    print_json(result)
+
+
+def print_json(obj: object) -> None:
+    """Print `obj` as one line of strict JSON: NaN and infinities (a diverged loss) become null."""
+    from psyduck.io import json_safe
+
+    print(json.dumps(json_safe(obj), allow_nan=False))
+
+
+def set_decode_threads(model: torch.nn.Module, device: torch.device | str, requested: int | None) -> int:
+    """Set torch's thread count for decoding `model` (`psyduck.generate.decode_threads` says why)."""
+    import torch
+
+    from psyduck.generate import decode_threads
+
+    threads = decode_threads(sum(p.numel() for p in model.parameters()), device, requested)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from psyduck.generate import GenerationParams, stream_text
+    from psyduck.generate import GenerationParams, check_threads, stream_text
     from psyduck.runs import load_run
     from psyduck.hardware import pick_device
 
     params = GenerationParams(  # checked before the model loads
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, ignore_eos=args.no_stop, exact=args.exact,
     )
+    check_threads(args.threads)
     device = pick_device(args.device)
     model, tok = load_run(args.run, device=device, checkpoint=args.checkpoint)
+    set_decode_threads(model, device, args.threads)
     ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]  # no prompt: start a new document
     sys.stdout.write(args.prompt)
     for piece in stream_text(model, tok, ids, params):  # with --no-stop, document boundaries pass silently
@@ -120,10 +150,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.include_path or args.limit is not None:
         raise PsyDuckError("--include-path and --limit go with --tasks; e.g. psyduck eval RUN --tasks hellaswag --limit 100")
     from psyduck.data.loader import TokenData
-    from psyduck.evaluate import evaluate
+    from psyduck.evaluate import check_batches, evaluate
     from psyduck.hardware import pick_device
     from psyduck.runs import RunFolder, load_run
 
+    check_batches(args.batch_size, args.max_batches)  # before anything loads
     device = pick_device(args.device)
     run = RunFolder(args.run)
     cfg = run.config()
@@ -136,17 +167,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     source = run.source()  # an imported run: say whose weights these are
     if args.json:
-        print(json.dumps({**res, "source": source} if source else res))
-        return
-    if source:
-        print(f"weights imported from {source.get('model')} ({source.get('folder')}) on {source.get('date')}")
-    line = (
-        f"{args.split}: loss {res['loss']:.4f} nats/token, perplexity {res['perplexity']:.2f}, "
-        f"{res['bits_per_byte']:.4f} bits/byte over {res['tokens']:,} tokens"
-    )
-    if "word_perplexity" in res:
-        line += f"; word perplexity {res['word_perplexity']:.2f} over {res['words']:,} words"
-    print(line)
+        print_json({**res, "source": source} if source else res)
+    else:
+        if source:
+            print(f"weights imported from {source.get('model')} ({source.get('folder')}) on {source.get('date')}")
+        line = (
+            f"{args.split}: loss {res['loss']:.4f} nats/token, perplexity {res['perplexity']:.2f}, "
+            f"{res['bits_per_byte']:.4f} bits/byte over {res['tokens']:,} tokens"
+        )
+        if "word_perplexity" in res:
+            line += f"; word perplexity {res['word_perplexity']:.2f} over {res['words']:,} words"
+        print(line)
+    if not math.isfinite(res["loss"]):  # finite weights whose outputs overflow: printed, and a failure
+        raise PsyDuckError(
+            f"the {args.split} loss of run {run.path} is not finite: its outputs overflow although its weights are "
+            "finite; pick an earlier checkpoint with --checkpoint"
+        )
 
 
 def cmd_eval_tasks(args: argparse.Namespace) -> None:
@@ -154,11 +190,17 @@ def cmd_eval_tasks(args: argparse.Namespace) -> None:
     from psyduck.tasks.run import evaluate_tasks, format_table
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    from psyduck.evaluate import check_batches
+
+    check_batches(args.batch_size, None)
     scores = evaluate_tasks(
         args.run, tasks, include_path=args.include_path, limit=args.limit, batch_size=args.batch_size,
         device=args.device, checkpoint=args.checkpoint,
     )
-    print(json.dumps(scores) if args.json else format_table(scores))
+    if args.json:
+        print_json(scores)
+    else:
+        print(format_table(scores))
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -241,6 +283,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "next-token probabilities within 0.005 total variation)")
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest loadable)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     s.set_defaults(func=cmd_generate)
 
     s = sub.add_parser(

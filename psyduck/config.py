@@ -254,10 +254,18 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
 def load_toml(path: str | Path, base: Config | None = None) -> Config:
     """Read a TOML config file with [model], [data] and [train] tables on top of `base`."""
     p = Path(path)
+    if p.is_dir():
+        raise PsyDuckError(f"--config {p} is a folder; pass the path of a .toml file (e.g. {p / 'config.toml'})")
     if not p.is_file():
         raise PsyDuckError(f"config file not found: {p}; pass the path of a .toml file to --config")
     try:
         d = tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:  # TOML is UTF-8 by definition
+        raise PsyDuckError(
+            f"config file {p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise PsyDuckError(f"cannot read config file {p} ({e.strerror}); check its permissions") from None
     except tomllib.TOMLDecodeError as e:
         raise PsyDuckError(f"config file {p} is not valid TOML ({e}); fix the syntax") from None
     flat = {}

@@ -33,6 +33,14 @@ from psyduck.errors import PsyDuckError
 from psyduck.losses import FusedLoss
 
 
+def check_batches(batch_size: int, max_batches: int | None) -> None:
+    """Refuse a batch size or batch limit below 1 (0 batches would report a loss of 0 over 0 tokens)."""
+    if batch_size < 1:
+        raise PsyDuckError(f"--batch-size must be a positive integer, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise PsyDuckError(f"--max-batches must be a positive integer (leave it out for the whole split), got {max_batches}")
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -49,6 +57,7 @@ def evaluate(
     `max_batches` stops early (an estimate; refused with `word_perplexity`, which needs the whole
     split). `word_perplexity=True` adds "words" and "word_perplexity" and needs WikiText data.
     """
+    check_batches(batch_size, max_batches)
     block_size = model.config.block_size
     words = data.num_words(split) if word_perplexity else None  # refuses data without word counts
     if word_perplexity and max_batches is not None:
@@ -73,11 +82,16 @@ def evaluate(
     tokens_per_byte = data.num_tokens(split) / max(data.num_bytes(split), 1)
     result = {
         "loss": loss,
-        "perplexity": math.exp(min(loss, 700.0)),
+        "perplexity": exp_or_inf(loss),
         "bits_per_byte": loss / math.log(2) * tokens_per_byte,  # = total bits / bytes over the whole split
         "tokens": count,
     }
     if words is not None:
         result["words"] = words
-        result["word_perplexity"] = math.exp(min(total / words, 700.0))
+        result["word_perplexity"] = exp_or_inf(total / words)
     return result
+
+
+def exp_or_inf(x: float) -> float:
+    """exp(x), or infinity for x above 709 (where float64 overflows, math.exp raises); NaN stays NaN."""
+    return math.exp(x) if not x > 709.0 else math.inf

@@ -24,6 +24,7 @@ line being written at that moment instead of failing on it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -163,3 +164,16 @@ def keep_jsonl_rows(path: str | Path, keep: Callable[[dict[str, Any]], bool]) ->
         rows = [row for row in read_jsonl(path) if keep(row)]
         write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float (nested in dicts and lists) replaced by None.
+
+    JSON has no NaN or Infinity: Python's `json.dumps` writes them anyway, as tokens other parsers
+    refuse. A diverged run's loss is therefore written as null (then `json.dumps(..., allow_nan=False)`).
+    """
+    if isinstance(value, dict):
+        return {k: json_safe(x) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(x) for x in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -25,6 +25,7 @@ and metadata as JSON: loading a run someone sent you never executes code.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import sys
@@ -265,13 +266,61 @@ def load_run(
 
     run = RunFolder(run_dir)
     cfg = run.config()
-    tokenizer = load_tokenizer(run.path)
+    # a run's tokenizer.json is a copy of its data folder's, made when training started
+    restore = (
+        f"the run folder is damaged: copy tokenizer.json from the data folder it was trained on "
+        f"({cfg.data.path}, per its config.json) into {run.path}"
+    )
+    tokenizer = load_tokenizer(run.path, fix=restore)
     if tokenizer.vocab_size > cfg.model.vocab_size or tokenizer.name != cfg.data.tokenizer:
         raise PsyDuckError(
             f"{run.path}/tokenizer.json is {tokenizer.name} ({tokenizer.vocab_size} tokens) but the model was trained "
             f"with {cfg.data.tokenizer} ({cfg.model.vocab_size} embedding rows); restore the run's own tokenizer.json"
         )
-    ckpt = run.pick(checkpoint, log)
+    ckpt = named_checkpoint(run, checkpoint) if checkpoint not in (None, "best") else run.pick(checkpoint, log)
     model = GPT(cfg.model)
     load_weights(model, ckpt / "model.safetensors")
+    problem = nonfinite_weights(model)
+    if problem is not None:
+        raise PsyDuckError(
+            f"the weights of run {run.path} ({ckpt.name}) are not finite ({problem}): training likely diverged; "
+            "pick an earlier checkpoint with --checkpoint, or train again with a lower lr"
+        )
     return model.to(device).eval(), tokenizer
+
+
+def named_checkpoint(run: RunFolder, checkpoint: str | Path) -> Path:
+    """The checkpoint folder a user named: a path, or a bare name inside the run (`step_0000020`).
+
+    A name that is neither is "not found", and a file or a folder that never held a checkpoint (the
+    run folder itself, say) "not a checkpoint folder": both list the run's checkpoints. A folder
+    that is a checkpoint is returned even if damaged: loading it names what is wrong.
+    """
+    path = Path(checkpoint)
+    inside = run.checkpoints_dir / path
+    if not path.exists() and len(path.parts) == 1 and inside.exists():
+        path = inside
+    is_checkpoint = path.is_dir() and any((path / name).exists() for name in ("model.safetensors", "state.json"))
+    if is_checkpoint:
+        return path
+    names = [c.name for c in run.checkpoints()]
+    have = f"{run.path} has {', '.join(names)}" if names else f"{run.path} has no checkpoint yet"
+    problem = "is not a checkpoint folder" if path.exists() else "not found"
+    raise PsyDuckError(f"checkpoint {checkpoint} {problem}; {have} (pass one of them, or 'best', to --checkpoint)")
+
+
+def nonfinite_weights(model: torch.nn.Module) -> str | None:
+    """How many of a model's values are NaN or infinite, and where the first is; None when all are finite.
+
+    One pass over the weights (tens of milliseconds for 124M parameters): a diverged run's NaNs would
+    otherwise surface later as an IndexError inside sampling or a loss of NaN.
+    """
+    bad = total = 0
+    first = None
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):  # tied weights once
+        if t.is_floating_point():
+            n = int(t.numel() - torch.isfinite(t.detach()).sum())
+            total += t.numel()
+            bad += n
+            first = first or (name if n else None)
+    return f"{bad:,} of {total:,} values are NaN or infinite, the first in {first}" if bad else None

@@ -326,10 +326,14 @@ def make_tokenizer(spec: str, texts: Iterable[str] | None = None) -> Tokenizer:
     return train_bpe(texts, vocab_size)
 
 
-def load_tokenizer(folder: str | Path) -> Tokenizer:
-    """Read folder/tokenizer.json (or the file `folder` itself) as written by `Tokenizer.save`."""
+def load_tokenizer(folder: str | Path, fix: str | None = None) -> Tokenizer:
+    """Read folder/tokenizer.json (or the file `folder` itself) as written by `Tokenizer.save`.
+
+    `fix` is the advice when the file is missing or corrupt. The default suits a data folder, which
+    `psyduck prepare` writes; a run folder's copy comes from its data folder, so `load_run` says so.
+    """
     path = Path(folder) if Path(folder).is_file() or str(folder).endswith(".json") else Path(folder) / "tokenizer.json"
-    fix = "run `psyduck prepare` again to write it"
+    fix = fix or "run `psyduck prepare` again to write it"
     if not path.is_file():
         raise PsyDuckError(f"tokenizer file not found: {path}; {fix}")
     try:

@@ -12,7 +12,8 @@ The rooms, in the order a token passes them:
 - decode_weights: `DecodeWeights`, the model's twin with weight copies for one-row products on CPUs;
 - sampling: logits -> the next token (temperature, top-k, top-p);
 - loop: `generate` and `stream`, the decode loop with the window roll and the float16 fallback;
-- text: `TextStream` and `stream_text`, ids -> whole characters, cut at stop strings.
+- text: `TextStream` and `stream_text`, ids -> whole characters, cut at stop strings;
+- threads: `decode_threads`, how many CPU threads a decode step should use (one, for small models).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from psyduck.generate.loop import generate, stream
 from psyduck.generate.params import MIN_TEMPERATURE, MIN_TOP_P, GenerationParams
 from psyduck.generate.sampling import sample_next
 from psyduck.generate.text import TextStream, stream_text
+from psyduck.generate.threads import check_threads, decode_threads
 
 __all__ = [
     "DecodeWeights", "GenerationParams", "KVCache", "LayerCache", "MIN_TEMPERATURE", "MIN_TOP_P", "TextStream",
-    "generate", "sample_next", "stream", "stream_text",
+    "check_threads", "decode_threads", "generate", "sample_next", "stream", "stream_text",
 ]

@@ -7,6 +7,7 @@ import ipaddress
 import socket
 import sys
 
+from psyduck.cli import THREADS_HELP
 from psyduck.errors import PsyDuckError
 
 
@@ -30,6 +31,7 @@ def register(subparsers) -> None:
     s.add_argument("--model-name", help="the model id clients use (default: the run folder's name)")
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     s.set_defaults(func=cmd_serve)
 
 
@@ -40,15 +42,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
         from psyduck.serve.app import create_app
     except ImportError as e:
         raise PsyDuckError(f"psyduck serve needs FastAPI and uvicorn ({e.name} is missing); pip install 'psyduck[serve]'") from None
+    from psyduck.cli import set_decode_threads
+    from psyduck.generate import check_threads
     from psyduck.hardware import pick_device
 
     if not 0 <= args.port <= 65535:
         raise PsyDuckError(f"--port must be between 0 and 65535, got {args.port}")
+    check_threads(args.threads)
+    device = pick_device(args.device)
     app = create_app(
-        args.run, model_name=args.model_name, checkpoint=args.checkpoint, device=str(pick_device(args.device)),
+        args.run, model_name=args.model_name, checkpoint=args.checkpoint, device=str(device),
         api_key=args.api_key, max_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens,
         max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
     )
+    set_decode_threads(app.state.psyduck.model, device, args.threads)  # per generation: its own thread team
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
 import threading
 import time
 import uuid
@@ -37,7 +36,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from psyduck.errors import PsyDuckError
-from psyduck.io import read_jsonl
+from psyduck.io import json_safe, read_jsonl
 from psyduck.generate import GenerationParams
 from psyduck.serve.engine import Choice, ClientGone, Delta, Overloaded, generate
 from psyduck.serve.errors import ApiError, error_body
@@ -321,7 +320,7 @@ def run_metrics(name: str, state: State) -> RunMetrics:  # a plain def: FastAPI 
     if state.run_dir is None or name != state.run_name:
         raise ApiError(404, f"no run named {name!r} here; this server serves {state.run_name!r}", param="name", code="run_not_found")
     rows, updated = read_metrics(state.run_dir / "metrics.jsonl")
-    return RunMetrics(run=name, rows=[finite(row) for row in rows], updated=updated)
+    return RunMetrics(run=name, rows=[json_safe(row) for row in rows], updated=updated)  # a NaN loss: null
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], float | None]:
@@ -331,15 +330,6 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], float | None]:
     except OSError:
         updated = None  # no evaluation yet
     return read_jsonl(path), updated
-
-
-def finite(v: Any) -> Any:
-    """JSON has no NaN or Infinity: a diverged run's loss is sent as null."""
-    if isinstance(v, dict):
-        return {k: finite(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [finite(x) for x in v]
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 @router.get("/", include_in_schema=False)

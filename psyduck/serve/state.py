@@ -18,6 +18,7 @@ import torch
 
 from psyduck.errors import PsyDuckError
 from psyduck.generate import DecodeWeights
+from psyduck.runs import nonfinite_weights
 from psyduck.serve.engine import Slots
 from psyduck.tokenizer import Tokenizer
 
@@ -104,6 +105,8 @@ def load_state(
         model, tokenizer = load_run(run, device=device, checkpoint=checkpoint)
     elif tokenizer is None:
         raise PsyDuckError("create_app was given a model without its tokenizer")
+    elif isinstance(model, torch.nn.Module) and (problem := nonfinite_weights(model)) is not None:
+        raise PsyDuckError(f"the weights of model {model_name or 'psyduck'} are not finite ({problem}); serve a model that trained well")
     assert tokenizer is not None
     model.eval()
     return ServeState(
