@@ -182,7 +182,7 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model into a run folder")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. model.n_layer=4 lr=1e-3")
     s.add_argument("--preset", help="seed-60m, cpu-small (default), tiny, gpt2-124m")
-    s.add_argument("--config", help="a TOML file with [model], [data], [train] tables")
+    s.add_argument("--config", help="a TOML file with [model], [data], [train], [eval] tables")
     s.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     s.add_argument("--init-from", help="start from another run's weights (fresh optimizer and schedule)")

@@ -21,7 +21,7 @@ import math
 import time
 from typing import Callable
 
-from psyduck.config import EvalConfig, TrainConfig
+from psyduck.config import TrainConfig
 
 
 class Clock:
@@ -95,14 +95,14 @@ def format_seconds(seconds: float) -> str:
 
 
 class Timetable:
-    """When a run evaluates, scores its benchmark tasks and ends: by steps, or by the clock.
+    """When a run evaluates and ends: by steps, or by the clock.
 
     `agree` turns one process's answer into every process's (`Distributed.any_rank`): under DDP
     all ranks must evaluate, and stop, at the same step, whatever their own clocks read.
     """
 
-    def __init__(self, t: TrainConfig, e: EvalConfig, used: float = 0.0, agree: Callable[[bool], bool] = bool) -> None:
-        self.train, self.eval, self.agree = t, e, agree
+    def __init__(self, t: TrainConfig, used: float = 0.0, agree: Callable[[bool], bool] = bool) -> None:
+        self.train, self.agree = t, agree
         self.clock = Clock(t.max_seconds, used)
         self.cadence = Cadence(eval_period(t), used) if self.clock.by_time else None
 
@@ -123,14 +123,11 @@ class Timetable:
             self.cadence.advance(now)
         return due
 
-    def tasks_due(self, step: int) -> bool:
-        """Whether the tasks are scored at `step`: every eval.task_every steps (0: at each evaluation)."""
-        every = self.eval.task_every
-        return bool(self.eval.tasks) and (not every or step % every == 0)
-
     def describe(self) -> str:
         """One line for the start of a run by the clock."""
         t, left = self.train, format_seconds(self.clock.left())
+        if self.clock.expired():
+            return f"the time budget of {format_seconds(t.max_seconds)} is already spent; a longer --minutes trains on"
         return (
             f"training by the clock: {format_seconds(t.max_seconds)} ({left} left), the {t.schedule} schedule "
             f"over the budget, an evaluation every {format_seconds(eval_period(t))}"

@@ -46,7 +46,7 @@ from psyduck.train.clock import Timetable, format_seconds
 from psyduck.train.distributed import Distributed
 from psyduck.train.state import load_training_checkpoint, save_training_checkpoint
 from psyduck.train.step import StepSetup, is_out_of_memory, lr_at, make_optimizer, out_of_memory_advice, train_step
-from psyduck.train.task_scores import load_task_sets, score_task_sets
+from psyduck.train.task_scores import TaskScorer
 from psyduck.train.telemetry import ProgressBar, RunLog, Speedometer, Window
 
 SAMPLE_PROMPT = "The"
@@ -78,7 +78,7 @@ class Trainer:
         self.cfg = copy.deepcopy(cfg)  # our own: the vocabulary and tokenizer are filled in below
         t = self.cfg.train
         self.data, self.tokenizer = self._open_data()
-        self.task_sets = load_task_sets(self.cfg.eval)  # read now: a missing task file fails before training
+        self.tasks = TaskScorer(self.cfg.eval, self.tokenizer, self.cfg.model.block_size)  # read now: a bad task file fails before training
         self.device = self.dist.start(t.device, t.grad_accum)
         self.dtype = hardware.pick_dtype(self.device, t.dtype)
         self.autocast = hardware.autocast(self.device, self.dtype)
@@ -162,7 +162,7 @@ class Trainer:
         """The timetable (by steps or by the clock) from the training seconds used so far, and
         the learning rate of the last step taken."""
         agree = lambda flag: self.dist.any_rank(flag, self.device)  # noqa: E731
-        self.timetable = Timetable(self.cfg.train, self.cfg.eval, self.train_seconds, agree)
+        self.timetable = Timetable(self.cfg.train, self.train_seconds, agree)
         self.clock = self.timetable.clock
         self.lr = lr_at(max(self.step - 1, 0), self.cfg.train, self.clock.fraction())
 
@@ -277,8 +277,8 @@ class Trainer:
             "mfu": self.speed.mfu(tok_per_s) if tok_per_s else None,
             "elapsed_s": elapsed,
         }
-        if self.dist.main and self.task_sets and (final or self.timetable.tasks_due(self.step)):
-            row.update(score_task_sets(self.model, self.tokenizer, self.task_sets))
+        if self.dist.main and self.tasks.with_evaluation(self.step, final):
+            row.update(self.tasks.scores(self.model, self.tokenizer))
         if self.dist.main:
             self.run_log.write(row)
             if self.cfg.train.sample_tokens:
@@ -291,7 +291,7 @@ class Trainer:
     def record_task_scores(self) -> None:
         """A metrics row of benchmark scores alone, at a step that evaluates nothing else (rank 0)."""
         if self.dist.main:
-            scores = score_task_sets(self.model, self.tokenizer, self.task_sets)
+            scores = self.tasks.scores(self.model, self.tokenizer)
             self.run_log.write({"step": self.step, "tokens": self.tokens_seen, "elapsed_s": self.clock.seconds(), **scores})
 
     def run(self) -> dict[str, Any]:
@@ -368,7 +368,7 @@ class Trainer:
             if not t.checkpoint_interval:
                 self.save("eval", last_row["val_loss"])
             window.reset()
-        elif self.task_sets and self.cfg.eval.task_every and self.timetable.tasks_due(self.step):
+        elif self.tasks.alone(self.step):
             self.record_task_scores()
         if t.checkpoint_interval and self.step % t.checkpoint_interval == 0:
             self.save("interval", last_row.get("val_loss") if due_eval else None)
