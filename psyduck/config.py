@@ -129,7 +129,7 @@ class TrainConfig:
 
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_iters: int = 10_000  # optimizer steps
+    max_iters: int = 10_000  # optimizer steps (by the clock: the steps the schedule's shape is drawn over)
     lr: float = 3e-4  # peak learning rate
     min_lr: float = 3e-5  # floor of the cosine and wsd schedules
     schedule: Schedule = "constant"  # constant; cosine: linear warmup, cosine decay to min_lr; wsd: warmup, stable, linear decay
@@ -176,9 +176,10 @@ class EvalConfig:
     """Benchmark scores during training: multiple-choice tasks scored by log-likelihood (psyduck.tasks).
 
     `tasks` names one or more sets, comma-separated: `hellaswag` (its validation split, read from
-    the Hugging Face datasets cache), or the path of a local .jsonl file of HellaSwag-style items
-    ({"ctx", "endings", "label"} or {"context", "choices", "label"}). Each is scored on its first
-    `task_limit` items, a fixed subset, so the scores of one run are comparable step to step.
+    the Hugging Face datasets cache), `wiki-vital-mc` (built offline from the embedded corpus), or
+    the path of a local .jsonl file of HellaSwag-style items ({"ctx", "endings", "label"} or
+    {"context", "choices", "label"}). Each is scored on its first `task_limit` items, a fixed
+    subset, so the scores of one run are comparable step to step (psyduck/train/task_scores.py).
     """
 
     tasks: str = ""  # multiple-choice sets scored during training (comma-separated); empty: none

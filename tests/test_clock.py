@@ -40,6 +40,7 @@ def test_wsd_holds_the_rate_then_decays_linearly_over_the_last_share():
 
 def test_evaluations_by_the_clock_are_spread_over_the_budget():
     assert eval_period(TrainConfig(max_iters=160, eval_interval=40, max_seconds=300)) == 75.0
+    assert eval_period(TrainConfig(max_iters=10_000, eval_interval=50, max_seconds=600)) == 30.0  # at most 20
     c = Cadence(10.0, now=0.0)
     assert not c.due(9.9) and c.due(10.0)
     c.advance(10.2)

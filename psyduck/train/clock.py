@@ -6,7 +6,7 @@ get a whole schedule: the learning rate follows the share of the budget spent (`
 `fraction`), and `max_iters` only draws the schedule's shape, which the budget then stretches:
 
 - warmup lasts warmup_iters/max_iters of the budget, and the rate reaches min_lr as it ends;
-- the loss is evaluated max_iters/eval_interval times, evenly spread: every budget/N seconds;
+- the loss is evaluated max_iters/eval_interval times (at most 20), evenly spread: every budget/N s;
 - when the budget is spent the run evaluates and checkpoints one last time, and stops.
 
 The seconds counted are the training loop's wall clock (steps, evaluations, checkpoints), and a
@@ -77,11 +77,15 @@ class Cadence:
         self.next = max(self._after(now), self.next + self.period)
 
 
+MAX_EVALUATIONS = 20  # by the clock, at most this many per budget: a preset drawn over 10,000 steps
+# (seed-60m) would otherwise evaluate more often than it steps
+
+
 def eval_period(t: TrainConfig) -> float:
     """Seconds between evaluations by the clock: the step schedule's evaluations, spread evenly
-    over the budget (max_iters/eval_interval of them; one, at its end, when that rounds to 0)."""
+    over the budget (max_iters/eval_interval of them, 1 to MAX_EVALUATIONS)."""
     evaluations = round(t.max_iters / t.eval_interval) if t.max_iters else 1
-    return t.max_seconds / max(1, evaluations)
+    return t.max_seconds / min(MAX_EVALUATIONS, max(1, evaluations))
 
 
 def format_seconds(seconds: float) -> str:

@@ -9,8 +9,8 @@ states a checkpoint holds in state.py, several processes in distributed.py, spee
 telemetry.py.
 
 What makes it dependable:
-- exact resume: a resumed run takes bit-for-bit the same steps as one that never stopped (state.py;
-  by steps: by the clock, the schedule continues from the training seconds the checkpoint stored);
+- exact resume: a resumed run takes bit-for-bit the same steps as one that never stopped (state.py),
+  for step-based schedules; by the clock, the schedule continues from the training seconds stored;
 - atomic, bounded checkpoints (see checkpoint.py): the last K and the best by val loss;
 - a NaN or inf loss stops the run naming the step and the last good checkpoint (or skips the step
   with `on_nan=skip`); weights with NaN are never saved;
@@ -21,6 +21,7 @@ What makes it dependable:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import signal
 import sys
@@ -161,7 +162,7 @@ class Trainer:
     def _start_clock(self) -> None:
         """The timetable (by steps or by the clock) from the training seconds used so far, and
         the learning rate of the last step taken."""
-        agree = lambda flag: self.dist.any_rank(flag, self.device)  # noqa: E731
+        agree = functools.partial(self.dist.any_rank, device=self.device)
         self.timetable = Timetable(self.cfg.train, self.train_seconds, agree)
         self.clock = self.timetable.clock
         self.lr = lr_at(max(self.step - 1, 0), self.cfg.train, self.clock.fraction())
@@ -288,12 +289,6 @@ class Trainer:
         self.best_val = min(self.best_val, losses["val"])
         return row
 
-    def record_task_scores(self) -> None:
-        """A metrics row of benchmark scores alone, at a step that evaluates nothing else (rank 0)."""
-        if self.dist.main:
-            scores = self.tasks.scores(self.model, self.tokenizer)
-            self.run_log.write({"step": self.step, "tokens": self.tokens_seen, "elapsed_s": self.clock.seconds(), **scores})
-
     def run(self) -> dict[str, Any]:
         """Train to `max_iters` (or the time budget, or a signal); returns the last evaluation."""
         if self.dist.main:
@@ -368,8 +363,9 @@ class Trainer:
             if not t.checkpoint_interval:
                 self.save("eval", last_row["val_loss"])
             window.reset()
-        elif self.tasks.alone(self.step):
-            self.record_task_scores()
+        elif self.tasks.alone(self.step) and self.dist.main:  # a row of benchmark scores alone
+            scores = self.tasks.scores(self.model, self.tokenizer)
+            self.run_log.write({"step": self.step, "tokens": self.tokens_seen, "elapsed_s": self.clock.seconds(), **scores})
         if t.checkpoint_interval and self.step % t.checkpoint_interval == 0:
             self.save("interval", last_row.get("val_loss") if due_eval else None)
         return last_row
