@@ -55,7 +55,7 @@ def test_evaluations_by_the_clock_are_spread_over_the_budget():
 
 def test_a_run_by_the_clock_ends_near_its_budget_with_the_rate_at_min_lr(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    cfg = tiny_cfg.replace({"max_seconds": 3, "max_iters": 20, "eval_interval": 10})
+    cfg = tiny_cfg.replace({"max_seconds": 3, "max_iters": 20, "eval_interval": 10, "sample_tokens": 0})
     result = train(cfg, run, progress=False)
     rows = metrics(run)
     t = cfg.train
@@ -71,7 +71,7 @@ def test_a_run_by_the_clock_ends_near_its_budget_with_the_rate_at_min_lr(tiny_cf
 
 def test_resume_continues_the_clock_and_the_schedule(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    cfg = tiny_cfg.replace({"max_seconds": 2, "eval_interval": 10, "max_iters": 20})
+    cfg = tiny_cfg.replace({"max_seconds": 2, "eval_interval": 10, "max_iters": 20, "sample_tokens": 0})
     first = train(cfg, run, progress=False)
     used = json.loads((list_checkpoints(run)[-1] / "state.json").read_text())["train_seconds"]
     assert used >= 2.0
