@@ -2,6 +2,7 @@
 
     psyduck prepare wiki-vital --tokenizer bpe-32768 --out data/wiki-vital
     psyduck train --preset cpu-small --data data/wiki-vital --out runs/demo [key=value ...]
+    psyduck train --preset cpu-small --minutes 10        # by the clock: the schedule fits the budget
     psyduck generate runs/demo --prompt "The world" --max-new-tokens 100
     psyduck eval runs/demo --json
     psyduck config --preset seed-60m
@@ -58,6 +59,10 @@ def build_config(args: argparse.Namespace):
     if args.config:
         cfg = load_toml(args.config, base=cfg)
     flags = {key: getattr(args, name) for name, (key, _) in TRAIN_FLAGS.items() if getattr(args, name) is not None}
+    if args.minutes is not None:
+        if args.max_seconds is not None:
+            raise PsyDuckError("--minutes and --max-seconds both set the time budget; give only one of them")
+        flags["train.max_seconds"] = args.minutes * 60.0
     if args.compile:
         flags["train.compile"] = True
     cfg = apply_overrides(cfg, flags)
@@ -259,12 +264,17 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model into a run folder")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. model.n_layer=4 lr=1e-3")
     s.add_argument("--preset", help="seed-60m, cpu-small (default), tiny, gpt2-124m")
-    s.add_argument("--config", help="a TOML file with [model], [data], [train] tables")
+    s.add_argument("--config", help="a TOML file with [model], [data], [train], [eval] tables")
     s.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     s.add_argument("--init-from", help="start from another run's weights (fresh optimizer and schedule)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument(
+        "--minutes", type=float, default=None,
+        help="train by the clock for this long (train.max_seconds): the schedule's warmup and decay follow the "
+        "share of the budget spent, and max_iters only draws their shape",
+    )
     for name, (_, typ) in TRAIN_FLAGS.items():
         s.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     s.set_defaults(func=cmd_train)

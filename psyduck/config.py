@@ -1,6 +1,6 @@
 """Typed configuration: what a model is, where its data lives, how it is trained.
 
-Three dataclasses, one per concern, grouped in `Config`. The same objects serve the Python API,
+Four dataclasses, one per concern, grouped in `Config`. The same objects serve the Python API,
 the CLI (`--preset`, `--config file.toml`, flags and `key=value` overrides) and the run folder's
 `config.json`, so a run can always be rebuilt from what it saved.
 
@@ -38,7 +38,7 @@ Positions = Literal["sinusoidal", "learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["relu", "gelu", "swiglu"]
 AttentionPath = Literal["fast", "teaching"]
-Schedule = Literal["constant", "cosine"]
+Schedule = Literal["constant", "cosine", "wsd"]
 LossChoice = Literal["auto", "fused", "plain"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 OnNan = Literal["stop", "skip"]
@@ -129,11 +129,12 @@ class TrainConfig:
 
     batch_size: int = 16  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    max_iters: int = 10_000  # optimizer steps
+    max_iters: int = 10_000  # optimizer steps (by the clock: the steps the schedule's shape is drawn over)
     lr: float = 3e-4  # peak learning rate
-    min_lr: float = 3e-5  # floor of the cosine schedule
-    schedule: Schedule = "constant"  # constant, or cosine: linear warmup, then cosine decay to min_lr
-    warmup_iters: int = 0  # linear warmup steps (cosine schedule)
+    min_lr: float = 3e-5  # floor of the cosine and wsd schedules
+    schedule: Schedule = "constant"  # constant; cosine: linear warmup, cosine decay to min_lr; wsd: warmup, stable, linear decay
+    warmup_iters: int = 0  # linear warmup steps (cosine, wsd); by the clock, warmup_iters/max_iters of the budget
+    decay_fraction: float = 0.2  # wsd: the last share of the run (steps, or the time budget) spent decaying to min_lr
     weight_decay: float = 0.0  # AdamW decay, applied to 2-D weights only
     beta1: float = 0.9
     beta2: float = 0.999
@@ -148,7 +149,7 @@ class TrainConfig:
     dtype: Precision = "auto"  # autocast precision
     compile: bool = False  # torch.compile the model
     loss: LossChoice = "auto"  # fused: output layer + loss in blocks, never the full logits; plain: the seed's (losses.py)
-    max_seconds: float = 0.0  # stop after this much training time (0: no limit)
+    max_seconds: float = 0.0  # train by the clock: this many seconds, the schedule on the share spent (0: by steps)
     on_nan: OnNan = "stop"  # what a NaN or inf loss does
     loggers: str = ""  # also send metrics to: tensorboard, wandb (comma-separated; imported only if named)
 
@@ -164,15 +165,45 @@ class TrainConfig:
             raise PsyDuckError(f"train.max_iters must be >= 0, got {self.max_iters}")
         if self.lr <= 0:
             raise PsyDuckError(f"train.lr must be positive, got {self.lr}")
+        if self.max_seconds < 0:
+            raise PsyDuckError(f"train.max_seconds must be >= 0 (0: train by steps), got {self.max_seconds}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise PsyDuckError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
+
+
+@dataclass
+class EvalConfig:
+    """Benchmark scores during training: multiple-choice tasks scored by log-likelihood (psyduck.tasks).
+
+    `tasks` names one or more sets, comma-separated: `hellaswag` (its validation split, read from
+    the Hugging Face datasets cache), `wiki-vital-mc` (built offline from the embedded corpus), or
+    the path of a local .jsonl file of HellaSwag-style items ({"ctx", "endings", "label"} or
+    {"context", "choices", "label"}). Each is scored on its first `task_limit` items, a fixed
+    subset, so the scores of one run are comparable step to step (psyduck/train/task_scores.py).
+    """
+
+    tasks: str = ""  # multiple-choice sets scored during training (comma-separated); empty: none
+    task_every: int = 0  # score them every this many steps; 0: at each loss evaluation
+    task_limit: int = 200  # items of each set scored (its first N)
+
+    def __post_init__(self) -> None:
+        if self.task_every < 0:
+            raise PsyDuckError(f"eval.task_every must be >= 0 (0: at each evaluation), got {self.task_every}")
+        if self.task_limit < 1:
+            raise PsyDuckError(f"eval.task_limit must be a positive integer, got {self.task_limit}")
+
+    def task_names(self) -> list[str]:
+        return [n.strip() for n in self.tasks.split(",") if n.strip()]
 
 
 @dataclass
 class Config:
-    """A whole recipe: model + data + training."""
+    """A whole recipe: model + data + training, and what is measured while it trains."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -180,13 +211,14 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "config") -> "Config":
         """Build a Config from nested dicts, refusing keys that do not exist."""
-        unknown = set(d) - {"model", "data", "train"}
+        unknown = set(d) - set(_SECTIONS)
         if unknown:
-            raise PsyDuckError(f"unknown section {sorted(unknown)[0]!r} in {where}; sections are model, data, train")
-        return cls(
+            raise PsyDuckError(f"unknown section {sorted(unknown)[0]!r} in {where}; sections are {', '.join(_SECTIONS)}")
+        return cls(  # a section left out (old run folders have no `eval`) takes its defaults
             model=_build(ModelConfig, d.get("model", {}), "model", where),
             data=_build(DataConfig, d.get("data", {}), "data", where),
             train=_build(TrainConfig, d.get("train", {}), "train", where),
+            eval=_build(EvalConfig, d.get("eval", {}), "eval", where),
         )
 
     def replace(self, overrides: dict[str, Any] | list[str]) -> "Config":
@@ -252,7 +284,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
 
 
 def load_toml(path: str | Path, base: Config | None = None) -> Config:
-    """Read a TOML config file with [model], [data] and [train] tables on top of `base`."""
+    """Read a TOML config file with [model], [data], [train] and [eval] tables on top of `base`."""
     p = Path(path)
     if p.is_dir():
         raise PsyDuckError(f"--config {p} is a folder; pass the path of a .toml file (e.g. {p / 'config.toml'})")
@@ -271,7 +303,7 @@ def load_toml(path: str | Path, base: Config | None = None) -> Config:
     flat = {}
     for section, values in d.items():
         if section not in _SECTIONS or not isinstance(values, dict):
-            raise PsyDuckError(f"unknown section {section!r} in {p}; sections are [model], [data], [train]")
+            raise PsyDuckError(f"unknown section {section!r} in {p}; sections are {', '.join(f'[{s}]' for s in _SECTIONS)}")
         for name, value in values.items():
             flat[f"{section}.{name}"] = value
     return apply_overrides(base or Config(), flat)
@@ -303,6 +335,7 @@ _SECTIONS = {
     "model": {f.name for f in dataclasses.fields(ModelConfig)},
     "data": {f.name for f in dataclasses.fields(DataConfig)},
     "train": {f.name for f in dataclasses.fields(TrainConfig)},
+    "eval": {f.name for f in dataclasses.fields(EvalConfig)},
 }
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# README command 1: set up, tokenize the embedded corpus, train cpu-small, sample, evaluate.
-# Re-running continues the run in runs/demo instead of starting over.
+# README command 1: set up, tokenize the embedded corpus, train cpu-small for 5 minutes by the clock,
+# sample, evaluate. Re-running continues the run in runs/demo instead of starting over (its budget
+# spent, it only samples and evaluates again; `demo.sh --minutes 10` trains it on to 10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 psy() { .venv/bin/psyduck "$@"; }
 tok=bpe-32768  # cpu-small's tokenizer; data prepared with another one (an older demo) is redone
 grep -q "\"tokenizer\": \"$tok\"" data/wiki-vital/meta.json 2>/dev/null || psy prepare wiki-vital --tokenizer $tok --out data/wiki-vital
-psy train --preset cpu-small --data data/wiki-vital --out runs/demo --resume "$@"
+psy train --preset cpu-small --data data/wiki-vital --out runs/demo --resume --minutes 5 "$@"
 echo
 echo "=== three samples from runs/demo (each stops at its end-of-text token) ==="
 for seed in 0 1 2; do

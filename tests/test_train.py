@@ -303,3 +303,98 @@ def test_external_loggers_are_imported_only_when_asked(tiny_cfg, tmp_path):
     with pytest.raises(PsyDuckError) as e:
         train(tiny_cfg.replace({"max_iters": 2, "loggers": "mlflow"}), tmp_path / "bad", progress=False)
     assert str(e.value) == "unknown logger 'mlflow' in train.loggers; use tensorboard and/or wandb"
+
+
+MC_ITEMS = [  # both accepted shapes of a HellaSwag-format task file
+    {"ctx": "The capital of France is", "endings": ["Paris.", "a fish.", "blue.", "running."], "label": 0},
+    {"context": "Water is made of hydrogen and", "choices": ["oxygen.", "wood.", "music.", "Tuesday."], "label": 0},
+    {"ctx": "The sun rises in the", "endings": ["banana.", "east.", "piano.", "seven."], "label": 1},
+    {"context": "A year has twelve", "choices": ["cats.", "doors.", "months.", "rivers."], "label": 2},
+]
+
+
+def write_task_file(path, items=MC_ITEMS):
+    path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+    return path
+
+
+def test_task_scores_are_logged_at_their_steps_and_drawn_beside_the_loss(tiny_cfg, tmp_path):
+    from psyduck.tasks import score_multiple_choice
+    from psyduck.train.task_scores import read_items_jsonl
+
+    tasks = write_task_file(tmp_path / "facts.jsonl")
+    run = tmp_path / "run"
+    cfg = tiny_cfg.replace({"max_iters": 20, "eval_interval": 10, "eval.tasks": str(tasks), "eval.task_every": 5})
+    result = train(cfg, run, progress=False)
+    rows = metrics(run)
+    keys = {"task/facts/acc", "task/facts/acc_norm"}
+    assert [r["step"] for r in rows if keys <= r.keys()] == [0, 5, 10, 15, 20]
+    assert [r["step"] for r in rows if "val_loss" in r] == [0, 10, 20]  # steps 5 and 15: scores alone
+    model, tok = load_run(run)
+    final = score_multiple_choice(model, tok, read_items_jsonl(tasks, 200))
+    assert (rows[-1]["task/facts/acc"], rows[-1]["task/facts/acc_norm"]) == (final["acc"], final["acc_norm"])
+    assert result["task/facts/acc"] == final["acc"]
+    png = (run / "loss_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(png[16:20], "big") == 16 * 90  # the third panel, the scores, widens the figure
+
+
+def test_eval_section_takes_overrides_and_old_configs_go_without_it(tiny_cfg):
+    from psyduck.config import Config
+
+    cfg = tiny_cfg.replace(["eval.tasks=hellaswag", "eval.task_every=500"])
+    assert (cfg.eval.tasks, cfg.eval.task_every, cfg.eval.task_limit) == ("hellaswag", 500, 200)
+    old = cfg.to_dict()
+    del old["eval"]
+    assert Config.from_dict(old).eval.tasks == ""
+
+
+@pytest.mark.parametrize(
+    "tasks, message",
+    [
+        ("nope", "unknown task 'nope' in eval.tasks; use hellaswag or wiki-vital-mc or the path of a .jsonl file of "
+                 '{{"ctx", "endings", "label"}} items'),
+        ("{tmp}/missing.jsonl", "task file not found: {tmp}/missing.jsonl; give eval.tasks an existing .jsonl file"),
+        ("{tmp}/bad.jsonl", '{tmp}/bad.jsonl:2 is not a multiple-choice item; write {{"ctx": ..., "endings": [...], '
+                            '"label": N}} (or "context"/"choices")'),
+        ("{tmp}/long.jsonl", "task {tmp}/long.jsonl: item 1 has an ending longer than the model's context window; "
+                             "shorten its endings or train with a larger model.block_size"),
+    ],
+)
+def test_task_files_that_cannot_be_read_fail_before_training(tiny_cfg, tmp_path, tasks, message):
+    (tmp_path / "bad.jsonl").write_text(json.dumps(MC_ITEMS[0]) + '\n{"ctx": "no endings"}\n')
+    write_task_file(tmp_path / "long.jsonl", [{"ctx": "A", "endings": ["long " * 40, "short"], "label": 1}])
+    with pytest.raises(PsyDuckError) as e:
+        Trainer(tiny_cfg.replace({"eval.tasks": tasks.format(tmp=tmp_path)}), tmp_path / "run", progress=False)
+    assert str(e.value) == message.format(tmp=tmp_path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_hellaswag_not_in_the_cache_is_one_line_naming_the_fix(tiny_cfg, tmp_path):
+    from conftest import run_cli
+
+    r = run_cli(
+        "train", "--preset", "tiny", "--data", tiny_cfg.data.path, "--out", str(tmp_path / "run"), "eval.tasks=hellaswag",
+        env={"HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"psyduck: error: eval.tasks=hellaswag: HellaSwag is not in the Hugging Face datasets cache "
+        f"({tmp_path / 'hf' / 'Rowan___hellaswag'}); run `python -c \"import datasets; "
+        "datasets.load_dataset('Rowan/hellaswag', split='validation')\"` once with network access, "
+        "or give eval.tasks a local .jsonl file"
+    )
+
+
+def test_wiki_vital_mc_asks_which_description_is_the_articles():
+    from psyduck.data.sources import wiki_vital
+    from psyduck.train.task_scores import wiki_vital_mc_items
+
+    items = wiki_vital_mc_items(30, fits=lambda item: item.label != 0)  # the others are skipped
+    first_sentences = {doc.split(". ", 1)[0] for doc in wiki_vital()}
+    assert len(items) == 30 and len({it.context for it in items}) == 30
+    for it in items:
+        assert len(it.choices) == 4 and len(set(it.choices)) == 4 and all(len(c) <= 48 for c in it.choices)
+        right = f"{it.context} {it.choices[it.label]}"
+        assert any(s.startswith(right) for s in first_sentences), right
+    assert {it.label for it in items} == {1, 2, 3}  # the right answer moves around (and never first here)

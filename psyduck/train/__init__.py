@@ -6,7 +6,9 @@
 The rooms, each one concept:
     trainer.py       the loop: when to step, evaluate, save, sample and stop
     step.py          one optimizer step (micro-batches, accumulation, clipping, NaN guard), the
-                     learning-rate schedule, the optimizer
+                     learning-rate schedule (by steps or by the share of a time budget), the optimizer
+    clock.py         training by the clock: seconds used across resumes, when to evaluate and stop
+    task_scores.py   benchmark scores during training (eval.tasks): multiple-choice sets, scored
     state.py         what a checkpoint holds for exact resume: the random states, captured and restored
     distributed.py   several processes under torchrun (DDP over NCCL or gloo)
     telemetry.py     tokens/s and MFU, metrics.jsonl and external loggers, loss curves, progress bar

@@ -1,6 +1,6 @@
 """One optimizer step, and what it is made of: the learning-rate schedule and the optimizer.
 
-    lr <- lr_at(step)                                   warmup + cosine, or constant (the seed)
+    lr <- lr_at(step, t, fraction)                      warmup + cosine or wsd, or constant (the seed)
     for each micro-batch (gradient accumulation):       several small batches act as one big one
         loss = model(x, y) / accum;  loss.backward()    under DDP only the last one all-reduces
     clip the gradient norm; AdamW step; zero the gradients
@@ -26,15 +26,49 @@ from psyduck.losses import OutputLoss, plain_loss
 from psyduck.train.distributed import Distributed
 
 
-def lr_at(step: int, t: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based)."""
+def lr_at(step: int, t: TrainConfig, fraction: float | None = None) -> float:
+    """Learning rate for optimizer step `step` (0-based), or at `fraction` of a time budget spent.
+
+    By steps the run is `max_iters` long: warmup over `warmup_iters` steps, then the decay. By the
+    clock (`fraction` given, 0..1) the same shape is drawn over the budget instead, so it fits any
+    machine: warmup takes warmup_iters/max_iters of the budget and the rate reaches `min_lr` when
+    the budget ends, however many steps fit in it.
+    """
     if t.schedule == "constant":
         return t.lr
+    if fraction is not None:
+        return _lr_at_fraction(min(max(fraction, 0.0), 1.0), t)
     if step < t.warmup_iters:  # linear warmup from lr/warmup to lr
         return t.lr * (step + 1) / t.warmup_iters
+    if t.schedule == "wsd":
+        return _stable_then_decay(step / max(1, t.max_iters), t)
     span = max(1, t.max_iters - t.warmup_iters)
-    progress = min(1.0, (step - t.warmup_iters) / span)
+    return _cosine(min(1.0, (step - t.warmup_iters) / span), t)
+
+
+def _lr_at_fraction(f: float, t: TrainConfig) -> float:
+    """The schedule over a time budget, `f` of it spent: warmup from 0, then cosine or wsd."""
+    warmup = min(1.0, t.warmup_iters / t.max_iters) if t.max_iters else 0.0
+    if f < warmup:
+        return t.lr * f / warmup
+    if t.schedule == "wsd":
+        return _stable_then_decay(f, t)
+    return _cosine((f - warmup) / (1.0 - warmup) if warmup < 1.0 else 1.0, t)
+
+
+def _cosine(progress: float, t: TrainConfig) -> float:
+    """Half a cosine from lr (progress 0) down to min_lr (progress 1)."""
     return t.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - t.min_lr)
+
+
+def _stable_then_decay(f: float, t: TrainConfig) -> float:
+    """wsd after its warmup: lr held constant, then a straight line to min_lr over the last
+    `decay_fraction` of the run (`f`: the share of the run done). A long stable phase at the peak
+    rate, and a short cool-down that can be started from any checkpoint of it."""
+    start = 1.0 - t.decay_fraction
+    if f <= start:
+        return t.lr
+    return t.lr - (t.lr - t.min_lr) * min(1.0, (f - start) / t.decay_fraction)
 
 
 def make_optimizer(

@@ -5,8 +5,9 @@
 - metrics.jsonl: one JSON line per evaluation, also sent to TensorBoard and/or W&B when
   `train.loggers` names them (imported only then);
 - loss_curve.png: train and val loss against steps and against tokens seen (the axis that compares
-  runs with different batch sizes fairly), redrawn in a worker thread so training does not wait;
-- the tqdm bar with loss, tokens/s and MFU.
+  runs with different batch sizes fairly), and beside them any benchmark scores (`task/...` keys),
+  redrawn in a worker thread so training does not wait;
+- the tqdm bar with loss, tokens/s and MFU, over steps, or by the clock over seconds with the time left.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from psyduck import hardware
 from psyduck.config import Config
 from psyduck.errors import PsyDuckError
 from psyduck.io import atomic_path, keep_jsonl_rows, read_jsonl
+from psyduck.train.clock import format_seconds
 
 # ---------------------------------------------------------------------------------------------
 # Speed
@@ -72,19 +74,36 @@ class Window:
 
 
 class ProgressBar:
-    """tqdm's bar over optimizer steps (nothing at all when disabled, e.g. on ranks other than 0)."""
+    """tqdm's bar over optimizer steps, or with a `budget` over its seconds (nothing at all when
+    disabled, e.g. on ranks other than 0).
 
-    def __init__(self, enabled: bool, total: int, initial: int) -> None:
+    By the clock the bar fills with time, and the postfix names the step and the time left: the
+    number of steps is not known in advance, so a bar of steps could not say how far along it is.
+    """
+
+    def __init__(self, enabled: bool, total: int, initial: int, budget: float = 0.0, used: float = 0.0) -> None:
         self.bar = None
+        self.budget = budget
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
+            if budget:
+                fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}"
+                self.bar = tqdm(total=budget, initial=min(used, budget), desc="train", bar_format=fmt, dynamic_ncols=True, mininterval=1.0)
+            else:
+                self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, mininterval=1.0)
 
-    def step(self, loss: float, tokens_per_s: float, mfu: float) -> None:
-        if self.bar is not None:
+    def step(self, loss: float, tokens_per_s: float, mfu: float, step: int = 0, seconds: float = 0.0) -> None:
+        """After optimizer step `step`, `seconds` into the run (both read only by the clock)."""
+        if self.bar is None:
+            return
+        postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tokens_per_s:,.0f}", "mfu": f"{100 * mfu:.0f}%"}
+        if self.budget:
+            self.bar.update(min(seconds, self.budget) - self.bar.n)
+            postfix = {"step": str(step), "left": format_seconds(max(0.0, self.budget - seconds)), **postfix}
+        else:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.0f}%")
+        self.bar.set_postfix(postfix)
 
     def write(self, line: str) -> None:
         if self.bar is not None:
@@ -179,14 +198,17 @@ class ExternalLoggers:
 
 
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
-    """Draw train/val loss from metrics.jsonl into a PNG, written atomically."""
+    """Draw train/val loss from metrics.jsonl into a PNG, written atomically; with benchmark
+    scores in the rows (`task/<name>/<metric>`), a third panel draws them against steps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global state, safe in a worker thread
 
-    rows = [r for r in read_jsonl(metrics_path) if "val_loss" in r]
-    fig = Figure(figsize=(11, 4), layout="constrained")
+    all_rows = read_jsonl(metrics_path)
+    rows = [r for r in all_rows if "val_loss" in r]
+    task_keys = sorted({k for r in all_rows for k in r if k.startswith(TASK_PREFIX)})
+    fig = Figure(figsize=(16 if task_keys else 11, 4), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3 if task_keys else 2)
     for ax, xkey, xlabel in ((axes[0], "step", "step"), (axes[1], "tokens", "tokens seen")):
         for key, label, style in (("train_loss", "train", "-o"), ("val_loss", "val", "-s")):
             pts = [(r[xkey], r[key]) for r in rows if r.get(key) is not None]
@@ -196,12 +218,30 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
         ax.set_ylabel("cross-entropy loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
+    if task_keys:
+        _plot_task_scores(axes[2], all_rows, task_keys)
     if title:
         fig.suptitle(title)
     out = Path(out_png)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=90, format="png")  # the temporary name has no .png to infer it from
     return out
+
+
+TASK_PREFIX = "task/"  # metrics keys of benchmark scores: task/<name>/acc, task/<name>/acc_norm
+
+
+def _plot_task_scores(ax: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    """Each benchmark score against steps, on an accuracy axis from 0 to 1."""
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), "-o", markersize=3, label=key[len(TASK_PREFIX):])
+    ax.set_xlabel("step")
+    ax.set_ylabel("benchmark accuracy")
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 class BackgroundPlotter:

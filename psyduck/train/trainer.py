@@ -2,12 +2,15 @@
 
 Every `eval_interval` steps: mean train and val loss over `eval_iters` batches, a line in
 metrics.jsonl, the loss-curve PNG, a text sample, and a checkpoint (or every `checkpoint_interval`
-steps, when that is set). The pieces live next door: the step itself in step.py, the random states
-a checkpoint holds in state.py, several processes in distributed.py, speed and records in
+steps, when that is set), with the benchmark scores `eval.tasks` names (task_scores.py). By the
+clock (`train.max_seconds`) the run lasts its time budget, and the schedule and evaluations follow
+the share of it spent (clock.py). The pieces live next door: the step itself in step.py, the random
+states a checkpoint holds in state.py, several processes in distributed.py, speed and records in
 telemetry.py.
 
 What makes it dependable:
-- exact resume: a resumed run takes bit-for-bit the same steps as one that never stopped (state.py);
+- exact resume: a resumed run takes bit-for-bit the same steps as one that never stopped (state.py),
+  for step-based schedules; by the clock, the schedule continues from the training seconds stored;
 - atomic, bounded checkpoints (see checkpoint.py): the last K and the best by val loss;
 - a NaN or inf loss stops the run naming the step and the last good checkpoint (or skips the step
   with `on_nan=skip`); weights with NaN are never saved;
@@ -18,6 +21,7 @@ What makes it dependable:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import signal
 import sys
@@ -39,9 +43,11 @@ from psyduck.generate import GenerationParams, stream_text
 from psyduck.losses import FusedLoss, make_loss
 from psyduck.model import GPT
 from psyduck.tokenizer import Tokenizer, load_tokenizer
+from psyduck.train.clock import Timetable, format_seconds
 from psyduck.train.distributed import Distributed
 from psyduck.train.state import load_training_checkpoint, save_training_checkpoint
 from psyduck.train.step import StepSetup, is_out_of_memory, lr_at, make_optimizer, out_of_memory_advice, train_step
+from psyduck.train.task_scores import TaskScorer
 from psyduck.train.telemetry import ProgressBar, RunLog, Speedometer, Window
 
 SAMPLE_PROMPT = "The"
@@ -73,6 +79,7 @@ class Trainer:
         self.cfg = copy.deepcopy(cfg)  # our own: the vocabulary and tokenizer are filled in below
         t = self.cfg.train
         self.data, self.tokenizer = self._open_data()
+        self.tasks = TaskScorer(self.cfg.eval, self.tokenizer, self.cfg.model.block_size)  # read now: a bad task file fails before training
         self.device = self.dist.start(t.device, t.grad_accum)
         self.dtype = hardware.pick_dtype(self.device, t.dtype)
         self.autocast = hardware.autocast(self.device, self.dtype)
@@ -83,6 +90,7 @@ class Trainer:
         self._build_model()
         self.tokens_per_step = t.batch_size * self.cfg.model.block_size * t.grad_accum
         self.speed = Speedometer(self.model, self.device, self.dtype, self.dist.world_size)
+        self._start_clock()
         self.stop_signal: str | None = None
 
     # -- setting up ---------------------------------------------------------------------------
@@ -133,6 +141,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.step = 0
         self.tokens_seen = 0
+        self.train_seconds = 0.0  # the training time of earlier processes of this run (resume)
         self.best_val = float("inf")
         self.batch_gen = torch.Generator().manual_seed(t.seed)
         if self.resume_from is not None:
@@ -145,6 +154,14 @@ class Trainer:
             loss=self.loss,
             ranks=self.dist,
         )
+
+    def _start_clock(self) -> None:
+        """The timetable (by steps or by the clock) from the training seconds used so far, and
+        the learning rate of the last step taken."""
+        agree = functools.partial(self.dist.any_rank, device=self.device)
+        self.timetable = Timetable(self.cfg.train, self.train_seconds, agree)
+        self.clock = self.timetable.clock
+        self.lr = lr_at(max(self.step - 1, 0), self.cfg.train, self.clock.fraction())
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -196,6 +213,7 @@ class Trainer:
                 "best_val": self.best_val if self.best_val < float("inf") else None,
                 "reason": reason,
                 "world_size": self.dist.world_size,
+                "train_seconds": self.clock.seconds(),
                 "time": time.time(),
             }
             path = save_training_checkpoint(
@@ -211,6 +229,7 @@ class Trainer:
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.best_val = state.get("best_val") or float("inf")
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.dist.main:
             self.run_log.forget_after(self.step)
         self.log(f"resuming from {ckpt} (step {self.step})")
@@ -237,9 +256,11 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def record_evaluation(self, train_window_loss: float | None, tok_per_s: float, elapsed: float) -> dict[str, Any]:
-        """Evaluate; rank 0 writes the metrics row, the loss curve and a sample. Returns the row."""
+    def record_evaluation(self, train_window_loss: float | None, tok_per_s: float, final: bool = False) -> dict[str, Any]:
+        """Evaluate (the tasks too, when due or `final`); rank 0 writes the metrics row, the loss
+        curve and a sample. Returns the row."""
         losses = self.estimate_loss()
+        elapsed = self.clock.seconds()
         self.speed.recheck_peak(elapsed)
         row = {
             "step": self.step,
@@ -248,11 +269,13 @@ class Trainer:
             "val_loss": losses["val"],
             "val_bpb": losses["val"] / math.log(2) * self.data.num_tokens("val") / max(1, self.data.num_bytes("val")),
             "train_window_loss": train_window_loss,
-            "lr": lr_at(max(self.step - 1, 0), self.cfg.train),
+            "lr": self.lr,
             "tokens_per_s": tok_per_s,
             "mfu": self.speed.mfu(tok_per_s) if tok_per_s else None,
             "elapsed_s": elapsed,
         }
+        if self.dist.main and self.tasks.with_evaluation(self.step, final):
+            row.update(self.tasks.scores(self.model, self.tokenizer))
         if self.dist.main:
             self.run_log.write(row)
             if self.cfg.train.sample_tokens:
@@ -276,9 +299,13 @@ class Trainer:
             f"({str(self.dtype).replace('torch.', '')}), {self.data.num_tokens('train'):,} train tokens, "
             f"{self.tokens_per_step:,} tokens/step, {self.dist.describe()} -> {self.out}"
         )
-        bar = ProgressBar(self.progress, self.cfg.train.max_iters, self.step)
+        t = self.cfg.train
+        self._start_clock()  # the training time starts now
+        if self.clock.by_time:
+            self.log(self.timetable.describe())
+        bar = ProgressBar(self.progress, t.max_iters, self.step, t.max_seconds, self.clock.seconds())
         try:
-            last_row = self._loop(bar, time.perf_counter())
+            last_row = self._loop(bar)
         except RuntimeError as e:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(e):
                 raise
@@ -292,52 +319,49 @@ class Trainer:
                 signal.signal(sig, handler)
         return {"run": str(self.out), "step": self.step, **{k: v for k, v in last_row.items() if k != "step"}}
 
-    def _loop(self, bar: ProgressBar, start: float) -> dict[str, Any]:
+    def _loop(self, bar: ProgressBar) -> dict[str, Any]:
         """Step until done, evaluating and saving on schedule; returns the last evaluation row."""
-        t = self.cfg.train
         last_row: dict[str, Any] = {}
         if self.step == 0 and self.resume_from is None:
-            last_row = self.record_evaluation(None, 0.0, 0.0)
+            last_row = self.record_evaluation(None, 0.0)
         window = Window()
         self.model.train()
-        while self.step < t.max_iters:
-            if t.max_seconds and time.perf_counter() - start > t.max_seconds:
-                self.log(f"time budget of {t.max_seconds:.0f}s reached at step {self.step}")
-                break
+        while not self.timetable.done(self.step):
             loss = self.train_step()
             if loss is None:  # skipped (on_nan=skip)
                 continue
             window.add(loss, self.tokens_per_step)
             now = time.perf_counter()
             tok_s = window.tokens_per_s(now)
-            bar.step(loss, tok_s, self.speed.mfu(tok_s))
-            last_row = self._on_schedule(window, tok_s, now - start, bar, last_row)
+            bar.step(loss, tok_s, self.speed.mfu(tok_s), self.step, self.clock.seconds())
+            last_row = self._on_schedule(window, tok_s, bar, last_row)
             if self._stop_requested():
                 path = self.save(f"signal {self.stop_signal}")
                 self.log(f"stopped by {self.stop_signal} at step {self.step}; saved {path}")
                 self.log(f"resume with: {self.resume_command()}")
                 break
         else:
+            if self.clock.by_time:
+                self.log(f"time budget of {format_seconds(self.clock.budget)} reached at step {self.step}")
             if not last_row or last_row.get("step") != self.step:
-                last_row = self.record_evaluation(None, 0.0, time.perf_counter() - start)
-                self.save("final", last_row["val_loss"])
-        if t.max_seconds and self.step < t.max_iters and last_row.get("step") != self.step:
-            last_row = self.record_evaluation(None, 0.0, time.perf_counter() - start)
-            self.save("time budget", last_row["val_loss"])
+                last_row = self.record_evaluation(None, 0.0, final=True)
+                self.save("time budget" if self.clock.by_time else "final", last_row["val_loss"])
         return last_row
 
-    def _on_schedule(
-        self, window: Window, tok_s: float, elapsed: float, bar: ProgressBar, last_row: dict[str, Any]
-    ) -> dict[str, Any]:
-        """After a step: evaluate and/or checkpoint when one is due; returns the newest row."""
+    def _on_schedule(self, window: Window, tok_s: float, bar: ProgressBar, last_row: dict[str, Any]) -> dict[str, Any]:
+        """After a step: evaluate, score the tasks and/or checkpoint when due; returns the newest row."""
         t = self.cfg.train
-        due_eval = self.step % t.eval_interval == 0 or self.step == t.max_iters
+        due_eval = self.timetable.eval_due(self.step)
         if due_eval:
-            last_row = self.record_evaluation(window.mean_loss(), tok_s, elapsed)
-            bar.write(f"step {self.step}: train {last_row['train_loss']:.4f}, val {last_row['val_loss']:.4f}, {tok_s:,.0f} tok/s")
+            last_row = self.record_evaluation(window.mean_loss(), tok_s)
+            left = f", {format_seconds(self.clock.left())} left" if self.clock.by_time else ""
+            bar.write(f"step {self.step}: train {last_row['train_loss']:.4f}, val {last_row['val_loss']:.4f}, {tok_s:,.0f} tok/s{left}")
             if not t.checkpoint_interval:
                 self.save("eval", last_row["val_loss"])
             window.reset()
+        elif self.tasks.alone(self.step) and self.dist.main:  # a row of benchmark scores alone
+            scores = self.tasks.scores(self.model, self.tokenizer)
+            self.run_log.write({"step": self.step, "tokens": self.tokens_seen, "elapsed_s": self.clock.seconds(), **scores})
         if t.checkpoint_interval and self.step % t.checkpoint_interval == 0:
             self.save("interval", last_row.get("val_loss") if due_eval else None)
         return last_row
@@ -352,7 +376,8 @@ class Trainer:
     def train_step(self) -> float | None:
         """One optimizer step; returns the mean loss of its micro-batches, or None when skipped."""
         x, y = self.next_batch()
-        value = train_step(self.step_setup, x, y, lr_at(self.step, self.cfg.train))
+        self.lr = lr_at(self.step, self.cfg.train, self.clock.fraction())
+        value = train_step(self.step_setup, x, y, self.lr)
         if not math.isfinite(value):
             return self.on_blowup(value)
         self.step += 1
