@@ -55,17 +55,19 @@ def create_app(
     max_concurrency: int = 4,
     max_queue: int = 16,
     max_body_mb: float = 8.0,
+    batching: bool = True,
 ) -> FastAPI:
     """The app serving a run folder (loaded here), or an already-loaded `model` and `tokenizer`.
 
     `max_prompt_tokens` defaults to the model's context window (block_size). With `run_dir` and a
     model both given, the model is served and the folder only supplies the name and the metrics.
     A request body over `max_body_mb` megabytes (10^6 bytes) is refused with 413 before it is read.
+    `batching`: one engine thread runs every request in one batch (False: a thread per request).
     """
     state = load_state(
         run_dir, model=model, tokenizer=tokenizer, model_name=model_name, checkpoint=checkpoint, device=device,
         api_key=api_key, max_tokens_cap=max_tokens_cap, max_prompt_tokens=max_prompt_tokens,
-        max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb,
+        max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb, batching=batching,
     )
 
     app = ServeApp(

@@ -27,6 +27,8 @@ def register(subparsers) -> None:
     s.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before new ones get 429 (default 16)")
     s.add_argument("--max-body-mb", type=float, default=8.0,
                    help="largest request body in megabytes; larger ones get 413 before they are read (default 8)")
+    s.add_argument("--batching", choices=("on", "off"), default="on",
+                   help="on: one forward pass per step for all requests (continuous batching); off: a thread per request")
     s.add_argument("--model-name", help="the model id clients use (default: the run folder's name)")
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
     s.add_argument("--device", default="auto")
@@ -48,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.run, model_name=args.model_name, checkpoint=args.checkpoint, device=str(pick_device(args.device)),
         api_key=args.api_key, max_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens,
         max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+        batching=args.batching == "on",
     )
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
