@@ -242,9 +242,14 @@ class Batch:
 
 
 def prompt_logprobs(model: torch.nn.Module, prompt: list[int], top: int) -> list[TokenLogprob | None]:
-    """The prompt's own tokens scored by the model (exact weights, one forward): the first has none."""
+    """The prompt's own tokens scored by the model (exact weights, one forward): the first has none.
+
+    Position t predicts token t + 1, so the last token is never fed: a prompt of block_size + 1
+    tokens fits, as in the harness's own scoring (psyduck/tasks/)."""
+    if len(prompt) < 2:
+        return [None] * len(prompt)
     device = next(model.parameters()).device
     idx = torch.tensor([prompt], device=device)
     with torch.inference_mode():
-        logits = model(idx)[0][0, :-1]  # position t predicts token t + 1
+        logits = model(idx[:, :-1])[0][0]
     return [None, *token_logprobs(logits, idx[0, 1:], top)]

@@ -74,8 +74,11 @@ def read_prompts(state: ServeState, body: CompletionRequest, n: int) -> tuple[li
     if len(prompts) * n > MAX_N:
         raise ApiError(400, f"{len(prompts)} prompts x n={n} asks for more than {MAX_N} completions", param="n")
     echo = bool(body.echo)
-    if echo and body.logprobs is not None and max(map(len, prompts)) > state.model.config.block_size:
-        raise ApiError(400, f"echo with logprobs scores at most the model's context ({state.model.config.block_size} tokens)", param="prompt")
+    if echo and body.logprobs is not None and max(map(len, prompts)) > state.model.config.block_size + 1:
+        raise ApiError(
+            400, f"echo with logprobs scores at most {state.model.config.block_size + 1} tokens (the model's context "
+            "and the token after it); send a shorter prompt", param="prompt", code="context_length_exceeded",
+        )
     scores = [prompt_logprobs(state.model, p, body.logprobs) for p in prompts] if echo and body.logprobs is not None else None
     meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()), "model": state.name}
     reply = Reply(
