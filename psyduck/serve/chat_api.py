@@ -2,7 +2,8 @@
 
 The run's chat template (psyduck.chat) writes the messages as tokens and opens the assistant's
 turn; the reply is generated like a completion and ends at the end-of-text token, at one of the
-template's stop strings (where the model would start the next turn) or at the request's own.
+template's stop strings (where the model would start the next turn), at the request's own, or
+after `max_completion_tokens` (default: the server's cap, since chat clients rarely set it).
 A base model without a template gets the plain, documented one. Streamed, each choice first gets
 a chunk with `delta: {role: "assistant"}`, then one chunk per token with `delta: {content}`, the
 last with its `finish_reason`; then `usage` if asked for, then `data: [DONE]`.
@@ -59,6 +60,7 @@ def encode_messages(state: ServeState, messages: list[Any]) -> list[int]:
 async def chat_completions(body: ChatRequest, request: Request, state: State) -> Response:
     check_model(state, body.model)
     wanted = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    wanted = state.max_tokens_cap if wanted is None else wanted  # a reply runs to its end, as chat clients expect
     params = sampling_params(state, wanted, body, "max_completion_tokens")
     params = dataclasses.replace(params, stop=params.stop + state.template.stop_strings)
     n = body.n or 1

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     """Add the `serve` subcommand to the `psyduck` parser."""
     s = subparsers.add_parser(
         "serve", help="an OpenAI-compatible API and a browser playground for a run",
-        description="Serve a trained run: POST /v1/completions (OpenAI's API), the playground at /, "
+        description="Serve a trained run: POST /v1/completions and /v1/chat/completions (OpenAI's API), the playground at /, "
         "loss curves at /runs/NAME, the schema at /openapi.json.",
     )
     s.add_argument("run", help="a run folder written by `psyduck train`")

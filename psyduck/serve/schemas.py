@@ -180,7 +180,7 @@ class ChatRequest(BaseModel):
     model: str | None = Field(None, description="the served model's id (GET /v1/models); may be omitted")
     messages: list[Any] = Field(..., description="the conversation: {role: system|user|assistant, content: text}")
     max_tokens: int | None = Field(None, ge=1, description="deprecated name of max_completion_tokens")
-    max_completion_tokens: int | None = Field(None, ge=1, description="tokens to generate per choice: default 16, at most the cap")
+    max_completion_tokens: int | None = Field(None, ge=1, description="tokens to generate per choice: default and at most the server's cap")
     temperature: float | None = Field(1.0, ge=0, description="0 is greedy; higher is more random")
     top_p: float | None = Field(1.0, gt=0, le=1, description="nucleus sampling")
     top_k: Annotated[int, Field(ge=1)] | Literal[-1] | None = Field(None, description="extension: keep the k most likely tokens")
