@@ -188,3 +188,30 @@ def test_lm_eval_local_completions_scores_like_the_psyduck_model(engine_url, loa
         assert len(mine) == len(served) > 0 and all(len(x) == len(y) for x, y in zip(mine, served, strict=True))
         assert max(abs(x - y) for xs, ys in zip(mine, served, strict=True) for x, y in zip(xs, ys, strict=True)) < 1e-4, (task, mine, served)
     assert ours["results"]["mc_local"]["acc,none"] == theirs["results"]["mc_local"]["acc,none"]
+
+
+@pytest.mark.parametrize("variant", [
+    {"pos": "rope"}, {"pos": "learned"}, {"pos": "sinusoidal", "attention": "teaching"}, {"pos": "rope", "n_kv_head": 2},
+])
+def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, variant):
+    """Per-row positions and masks (psyduck/model.py) against the plain loop, row by row."""
+    from psyduck.config import ModelConfig
+    from psyduck.generate import generate
+    from psyduck.model import GPT
+
+    _, tok = loaded
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=24, d_model=32, n_layer=2, n_head=4, **variant)
+    model = GPT(cfg).eval()
+    weights = DecodeWeights.build(model, exact=True)
+    prompts = [tok.encode(t) for t in ("the cat sat", "a", "one two three four five six seven")]
+    batch = Batch(model, tok, weights)
+    jobs = [Job([p], 1, greedy(30), threading.Event(), logprobs=0) for p in prompts]  # logprobs: the ids
+    for job in jobs:
+        batch.join(job)
+        batch.step()
+    while not batch.empty:
+        batch.step()
+    for job, prompt in zip(jobs, prompts, strict=True):
+        expect = generate(model, torch.tensor([prompt]), greedy(30), weights=weights)[0, len(prompt):].tolist()
+        assert [t.token for t in job.future.result()[0].logprobs] == expect
