@@ -215,3 +215,21 @@ def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, 
     for job, prompt in zip(jobs, prompts, strict=True):
         expect = generate(model, torch.tensor([prompt]), greedy(30), weights=weights)[0, len(prompt):].tolist()
         assert [t.token for t in job.future.result()[0].logprobs] == expect
+
+
+def test_closing_the_engine_ends_every_job_with_what_it_has(loaded):
+    import time
+
+    from psyduck.serve.engine import Engine
+
+    model, tok = loaded
+    engine = Engine(model, tok, DecodeWeights.build(model))
+    jobs = [Job([tok.encode("hi")], 1, greedy(10_000), threading.Event()) for _ in range(2)]
+    for job in jobs:
+        engine.submit(job)
+    time.sleep(0.3)
+    engine.close()
+    results = [job.future.result(timeout=10) for job in jobs]
+    assert all(r[0].finish_reason is None for r in results)
+    with pytest.raises(RuntimeError):
+        engine.submit(Job([tok.encode("hi")], 1, greedy(), threading.Event()))

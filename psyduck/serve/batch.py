@@ -208,22 +208,23 @@ class Batch:
 
     def forward(self) -> None:
         """Every row's newest token through the model at once (rows with a full window: alone, rolled)."""
+        lengths = self.cache.length.tolist()  # one read (one device sync on a GPU), not one per row
         for row in self.rows:
-            if int(self.cache.lengths[row.slot]) == self.block_size:  # full: keep the newest half
+            if lengths[row.slot] == self.block_size:  # full: keep the newest half
                 row.context = row.context[-(self.block_size // 2 + 1) :]
                 cache, row.logits = self.prefill(row.context)
                 self.cache.replace(row.slot, cache)  # it holds the whole context: no token to feed
-        stepping = [r for r in self.rows if int(self.cache.lengths[r.slot]) < len(r.context)]
+                lengths[row.slot] = len(row.context)
+        stepping = [r for r in self.rows if lengths[r.slot] < len(r.context)]
         if not stepping:
             return
         tokens = torch.tensor([[r.context[-1]] for r in self.rows], device=self.device)
-        before = self.cache.length.clone()
         logits = self.decode(tokens)
-        rolled = [r for r in self.rows if r not in stepping]
-        for row in stepping:
-            row.logits = logits[row.slot]
-        for row in rolled:  # fed its token in the prefill already: undo the extra one
-            self.cache.lengths[row.slot] = before[row.slot]
+        for row in self.rows:
+            if row in stepping:
+                row.logits = logits[row.slot]
+            else:  # rolled: its prefill fed the token already; forget the extra one
+                self.cache.lengths[row.slot] = lengths[row.slot]
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """One token per row (B, 1) through the model and the cache -> next logits (B, V).

@@ -63,7 +63,7 @@ class Engine:
             self.wake.notify()
 
     def close(self) -> None:
-        """Stop after the current step; jobs still in the batch are left unfinished (shutdown)."""
+        """Stop after the current step; jobs still running end with what they have (shutdown)."""
         with self.wake:
             self.closed = True
             self.wake.notify()
@@ -74,9 +74,14 @@ class Engine:
             with self.wake:
                 while not self.pending and batch.empty and not self.closed:
                     self.wake.wait()
-                if self.closed:
-                    return
                 arrived, self.pending = self.pending, []
+                if self.closed:
+                    for job in [*batch.jobs, *arrived]:
+                        job.cancel.set()
+                    batch.step()  # cancelled jobs leave at once, with their choices so far
+                    for job in arrived:
+                        job.done()
+                    return
             for job in arrived:
                 try:
                     batch.join(job)
