@@ -700,7 +700,7 @@ def test_cli_serve_is_registered_and_fails_in_one_line(run_dir, capsys):
         assert main(["serve", str(run_dir), "--port", str(busy.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert "cannot listen" in err and err.count("\n") == 1
-    assert main(["serve", str(run_dir), "--max-concurrency", "0"]) == 2
+    assert main(["serve", str(run_dir), "--max-concurrency", "0", "--batching", "off"]) == 2
     assert "max-concurrency" in capsys.readouterr().err
     assert main(["serve", str(run_dir), "--max-body-mb", "0"]) == 2
     err = capsys.readouterr().err

@@ -233,3 +233,19 @@ def test_closing_the_engine_ends_every_job_with_what_it_has(loaded):
     assert all(r[0].finish_reason is None for r in results)
     with pytest.raises(RuntimeError):
         engine.submit(Job([tok.encode("hi")], 1, greedy(), threading.Event()))
+
+
+def test_concurrent_greedy_requests_get_what_they_get_alone(engine_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = openai.OpenAI(base_url=engine_url + "/v1", api_key="x", max_retries=0, timeout=60)
+    prompts = ["the cat", "a dog ran", "one", "two three four", "hill and", "the the the"]
+
+    def ask(i: int) -> str:
+        return client.completions.create(model="tiny-run", prompt=prompts[i], max_tokens=10 + 3 * i, temperature=0,
+                                         extra_body={"ignore_eos": True}).choices[0].text
+
+    alone = [ask(i) for i in range(len(prompts))]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(ask, range(len(prompts))))
+    assert together == alone
