@@ -483,80 +483,80 @@ def test_schemathesis_finds_no_server_errors(run_dir, loaded):
 # The playground, in a real browser
 # ---------------------------------------------------------------------------------------------
 
-def test_playground_streams_in_a_real_browser(base_url, run_dir, tmp_path):
+@contextlib.contextmanager
+def browser_page(**page_options):
+    """A headless Chromium page and the list its script errors land in (the test skips without Chromium)."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (scripts/ci_browser.sh installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820})
+            page = browser.new_page(**page_options)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(base_url + "/")
-            expect(page.locator("#model-name")).to_have_text(RUN_NAME)
-            page.fill("#prompt", "the model learns to predict")
-            set_range = "([id, v]) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('input')); }"
-            page.evaluate(set_range, ["max_tokens", "60"])
-            page.fill("#seed", "3")
-            page.click("#generate")
-            expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
-            expect(page.locator("#stop")).to_be_disabled(timeout=30_000)  # finished
-            stats = page.inner_text("#stats")
-            assert "tok/s" in stats and "tokens" in stats
-            page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
-
-            # a long generation: the text streams in while it runs, and the Stop button ends it
-            page.evaluate(set_range, ["max_tokens", "4096"])
-            page.uncheck("#eot")
-            page.click("#generate")
-            completion = page.locator("#completion")
-            expect(completion).to_have_text(re.compile(".{20}", re.DOTALL), timeout=30_000)
-            shown = len(completion.text_content())
-            expect(completion).to_have_text(re.compile(f".{{{shown + 20}}}", re.DOTALL), timeout=30_000)
-            expect(page.locator("#stop")).to_be_enabled()  # more text arrived, and it is still generating
-            page.click("#stop")
-            expect(page.locator("#stats")).to_contain_text("stopped", timeout=10_000)
-            wait_idle(base_url)
-
-            # the loss curves, refreshed when the run writes another evaluation
-            page.goto(f"{base_url}/runs/{RUN_NAME}")
-            expect(page.locator("#chart polyline").first).to_be_attached()
-            n = page.locator("#rows tr").count()
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": 10, "tokens": 2560, "train_loss": 4.5, "val_loss": 4.6}) + "\n")
-            expect(page.locator("#rows tr")).to_have_count(n + 1, timeout=10_000)
-            page.screenshot(path=str(tmp_path / "curves.png"), full_page=True)
-            assert not errors, errors
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_playground_streams_in_a_real_browser(base_url, run_dir, tmp_path):
+    from playwright.sync_api import expect
+
+    with browser_page(viewport={"width": 1200, "height": 820}) as (page, errors):
+        page.goto(base_url + "/")
+        expect(page.locator("#model-name")).to_have_text(RUN_NAME)
+        page.fill("#prompt", "the model learns to predict")
+        set_range = "([id, v]) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('input')); }"
+        page.evaluate(set_range, ["max_tokens", "60"])
+        page.fill("#seed", "3")
+        page.click("#generate")
+        expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
+        expect(page.locator("#stop")).to_be_disabled(timeout=30_000)  # finished
+        stats = page.inner_text("#stats")
+        assert "tok/s" in stats and "tokens" in stats
+        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+
+        # a long generation: the text streams in while it runs, and the Stop button ends it
+        page.evaluate(set_range, ["max_tokens", "4096"])
+        page.uncheck("#eot")
+        page.click("#generate")
+        completion = page.locator("#completion")
+        expect(completion).to_have_text(re.compile(".{20}", re.DOTALL), timeout=30_000)
+        shown = len(completion.text_content())
+        expect(completion).to_have_text(re.compile(f".{{{shown + 20}}}", re.DOTALL), timeout=30_000)
+        expect(page.locator("#stop")).to_be_enabled()  # more text arrived, and it is still generating
+        page.click("#stop")
+        expect(page.locator("#stats")).to_contain_text("stopped", timeout=10_000)
+        wait_idle(base_url)
+
+        # the loss curves, refreshed when the run writes another evaluation
+        page.goto(f"{base_url}/runs/{RUN_NAME}")
+        expect(page.locator("#chart polyline").first).to_be_attached()
+        n = page.locator("#rows tr").count()
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 10, "tokens": 2560, "train_loss": 4.5, "val_loss": 4.6}) + "\n")
+        expect(page.locator("#rows tr")).to_have_count(n + 1, timeout=10_000)
+        page.screenshot(path=str(tmp_path / "curves.png"), full_page=True)
+        assert not errors, errors
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
 
 def test_playground_asks_for_the_key_of_a_server_that_has_one(run_dir, loaded):
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (scripts/ci_browser.sh installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with serving(make_app(run_dir, loaded, api_key="sekret")) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            expect(page.locator("#key-box")).to_be_visible()
-            expect(page.locator("#hint")).to_contain_text("API key")
-            page.fill("#api-key", "sekret")
-            page.locator("#api-key").dispatch_event("change")
-            expect(page.locator("#model-name")).to_have_text(RUN_NAME)  # /api/info answered with the key
-            page.fill("#prompt", "the model")
-            page.click("#generate")
-            expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
-            assert not errors, errors
-        finally:
-            browser.close()
+    with serving(make_app(run_dir, loaded, api_key="sekret")) as url, browser_page() as (page, errors):
+        page.goto(url + "/")
+        expect(page.locator("#key-box")).to_be_visible()
+        expect(page.locator("#hint")).to_contain_text("API key")
+        page.fill("#api-key", "sekret")
+        page.locator("#api-key").dispatch_event("change")
+        expect(page.locator("#model-name")).to_have_text(RUN_NAME)  # /api/info answered with the key
+        page.fill("#prompt", "the model")
+        page.click("#generate")
+        expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
+        assert not errors, errors
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,53 +87,44 @@ def test_twenty_concurrent_chat_streams_all_complete(chat_client):
 def test_playground_chat_tab_streams_and_stops_in_a_real_browser(run_dir, loaded, tmp_path):  # noqa: F811
     import re
 
-    from test_serve import CHROMIUM, CHROMIUM_ARGS, wait_idle
+    from playwright.sync_api import expect
 
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (scripts/ci_browser.sh installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from test_serve import browser_page, wait_idle
 
-    with serving(make_app(run_dir, loaded, max_tokens_cap=4096)) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            expect(page.locator("#model-name")).to_have_text(RUN_NAME)
-            page.click("#mode-chat")
-            expect(page.locator("#chat-pane")).to_be_visible()
-            expect(page.locator("#prompt")).to_be_hidden()
-            set_range = "([id, v]) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('input')); }"
-            page.evaluate(set_range, ["max_tokens", "3"])  # short: the next turn must fit the 32-token context
-            page.uncheck("#eot")
-            page.fill("#chat-input", "the cat")
-            page.click("#chat-send")
-            expect(page.locator(".msg.user")).to_have_text("the cat")
-            expect(page.locator(".msg.assistant")).not_to_be_empty(timeout=30_000)
-            expect(page.locator("#chat-send")).to_be_enabled(timeout=30_000)  # the reply finished
-            expect(page.locator("#chat-stats")).to_contain_text("tokens")
+    with serving(make_app(run_dir, loaded, max_tokens_cap=4096)) as url, browser_page(viewport={"width": 1200, "height": 820}) as (page, errors):
+        page.goto(url + "/")
+        expect(page.locator("#model-name")).to_have_text(RUN_NAME)
+        page.click("#mode-chat")
+        expect(page.locator("#chat-pane")).to_be_visible()
+        expect(page.locator("#prompt")).to_be_hidden()
+        set_range = "([id, v]) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('input')); }"
+        page.evaluate(set_range, ["max_tokens", "3"])  # short: the next turn must fit the 32-token context
+        page.uncheck("#eot")
+        page.fill("#chat-input", "the cat")
+        page.click("#chat-send")
+        expect(page.locator(".msg.user")).to_have_text("the cat")
+        expect(page.locator(".msg.assistant")).not_to_be_empty(timeout=30_000)
+        expect(page.locator("#chat-send")).to_be_enabled(timeout=30_000)  # the reply finished
+        expect(page.locator("#chat-stats")).to_contain_text("tokens")
 
-            # a second turn would not fit this model's 32-token context: the server says so, in one line
-            page.fill("#chat-input", "a dog ran over the hill")
-            page.click("#chat-send")
-            expect(page.locator("#chat-stats")).to_contain_text("accepts at most", timeout=10_000)
-            assert page.locator(".msg.assistant").count() == 1
+        # a second turn would not fit this model's 32-token context: the server says so, in one line
+        page.fill("#chat-input", "a dog ran over the hill")
+        page.click("#chat-send")
+        expect(page.locator("#chat-stats")).to_contain_text("accepts at most", timeout=10_000)
+        assert page.locator(".msg.assistant").count() == 1
 
-            # Clear starts over; a long reply streams in, and Stop ends it
-            page.click("#chat-clear")
-            assert page.locator(".msg").count() == 0
-            page.evaluate(set_range, ["max_tokens", "4096"])
-            page.fill("#chat-input", "a")
-            page.click("#chat-send")
-            second = page.locator(".msg.assistant").first
-            expect(second).to_have_text(re.compile(".{20}", re.DOTALL), timeout=30_000)
-            expect(page.locator("#chat-stop")).to_be_enabled()
-            page.click("#chat-stop")
-            expect(page.locator("#chat-stats")).to_contain_text("stopped", timeout=10_000)
-            assert page.locator(".msg").count() == 2
-            wait_idle(url)
-            page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
-            assert not errors, errors
-        finally:
-            browser.close()
+        # Clear starts over; a long reply streams in, and Stop ends it
+        page.click("#chat-clear")
+        assert page.locator(".msg").count() == 0
+        page.evaluate(set_range, ["max_tokens", "4096"])
+        page.fill("#chat-input", "a")
+        page.click("#chat-send")
+        second = page.locator(".msg.assistant").first
+        expect(second).to_have_text(re.compile(".{20}", re.DOTALL), timeout=30_000)
+        expect(page.locator("#chat-stop")).to_be_enabled()
+        page.click("#chat-stop")
+        expect(page.locator("#chat-stats")).to_contain_text("stopped", timeout=10_000)
+        assert page.locator(".msg").count() == 2
+        wait_idle(url)
+        page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+        assert not errors, errors
