@@ -387,7 +387,9 @@ class GPT(nn.Module):
 
         With a `cache` (generation, psyduck/generate/): the tokens continue those the cache holds
         (positions from `cache.length`), their keys and values are added to it, and the logits are
-        computed for the last position only, (B, 1, V): the one a next token is sampled from.
+        computed for the last position only, (B, 1, V): the one a next token is sampled from. A
+        server's cache (psyduck/serve/rowcache.py) gives one length per row, (B,), and a `keep`
+        mask per layer that replaces the causal one, so rows of different lengths share a step.
         """
         if cache is not None:
             if targets is not None:
