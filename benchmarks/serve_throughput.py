@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import emit, machine  # noqa: E402
+from common import emit, machine
 
 CLIENTS = (1, 4, 16)
 
@@ -42,7 +42,7 @@ def build(preset: str, quick: bool):
 
     cfg = get_preset(preset)
     if quick:
-        words = "the cat sat on a mat dog ran over hill and one two three four five".split()
+        words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "over", "hill", "and", "one", "two", "three", "four", "five"]
         tok = train_bpe([" ".join(words[(i * 7) % len(words):] + words) for i in range(200)], 300)
     else:
         from common import bench_data

@@ -4,21 +4,20 @@ Plain and streamed replies, seeded repeatability, logprobs, OpenAI-shaped 400s f
 conversations, and 20 concurrent chat streams that all complete (they share the engine's batch).
 """
 
+# ruff: noqa: F811  (the fixtures imported from test_serve are parameters of the tests here)
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-
-from test_serve import RUN_NAME, make_app, serving  # noqa: F401
-from test_serve import loaded, run_dir  # noqa: F401
+from test_serve import RUN_NAME, loaded, make_app, run_dir, serving  # noqa: F401  # noqa: F401
 
 HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat"}]
 
 
 @pytest.fixture(scope="module", params=["on", "off"])
-def chat_client(request, run_dir, loaded):  # noqa: F811
+def chat_client(request, run_dir, loaded):
     app = make_app(run_dir, loaded, max_tokens_cap=256, max_concurrency=20, max_queue=8, batching=request.param == "on")
     with serving(app) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
@@ -43,7 +42,8 @@ def test_chat_plain_and_streamed_agree(chat_client, loaded):
 
 
 def test_chat_seed_repeats_and_n_choices_differ(chat_client):
-    ask = dict(model=RUN_NAME, messages=HELLO, max_tokens=10, temperature=1.0, seed=11, n=3, extra_body={"ignore_eos": True})
+    ask = {"model": RUN_NAME, "messages": HELLO, "max_tokens": 10, "temperature": 1.0, "seed": 11, "n": 3,
+           "extra_body": {"ignore_eos": True}}
     a, b = (chat_client.chat.completions.create(**ask) for _ in range(2))
     texts = [c.message.content for c in a.choices]
     assert texts == [c.message.content for c in b.choices] and len(set(texts)) > 1
@@ -84,11 +84,10 @@ def test_twenty_concurrent_chat_streams_all_complete(chat_client):
     assert len(results) == 20 and all(reason in ("stop", "length") for _, reason in results)
 
 
-def test_playground_chat_tab_streams_and_stops_in_a_real_browser(run_dir, loaded, tmp_path):  # noqa: F811
+def test_playground_chat_tab_streams_and_stops_in_a_real_browser(run_dir, loaded, tmp_path):
     import re
 
     from playwright.sync_api import expect
-
     from test_serve import browser_page, wait_idle
 
     with serving(make_app(run_dir, loaded, max_tokens_cap=4096)) as url, browser_page(viewport={"width": 1200, "height": 820}) as (page, errors):

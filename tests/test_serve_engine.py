@@ -6,6 +6,7 @@ lm-evaluation-harness's `local-completions` against a live server scoring like `
 - `logprobs` and `echo` with `max_tokens: 0` in OpenAI's legacy shape, equal to the model's own.
 """
 
+# ruff: noqa: F811  (the fixtures imported from test_serve are parameters of the tests here)
 from __future__ import annotations
 
 import os
@@ -18,11 +19,11 @@ import torch
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from psyduck.generate import DecodeWeights, GenerationParams  # noqa: E402
-from psyduck.serve.batch import Batch, Job  # noqa: E402
-from psyduck.serve.engine import run_alone  # noqa: E402
-from test_serve import make_app, serving  # noqa: E402,F401  (fixtures below)
-from test_serve import loaded, run_dir  # noqa: E402,F401
+from test_serve import loaded, make_app, run_dir, serving  # noqa: F401  (fixtures below)  # noqa: E402,F401
+
+from psyduck.generate import DecodeWeights, GenerationParams
+from psyduck.serve.batch import Batch, Job
+from psyduck.serve.engine import run_alone
 
 
 def greedy(n: int = 12, **kw) -> GenerationParams:
@@ -98,7 +99,7 @@ def test_seeded_rows_repeat_whoever_shares_the_batch(loaded):
 
 
 @pytest.fixture(scope="module")
-def engine_url(run_dir, loaded):  # noqa: F811
+def engine_url(run_dir, loaded):
     model, _ = loaded
     app = make_app(run_dir, loaded, max_tokens_cap=256, max_concurrency=8, max_prompt_tokens=model.config.block_size + 1)
     with serving(app) as url:
@@ -148,7 +149,7 @@ def write_small_tasks(folder) -> None:
     import random
 
     rng = random.Random(3)
-    words = "the cat sat on a mat dog ran over hill and one two three".split()
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "over", "hill", "and", "one", "two", "three"]
     docs = [{"ctx": " ".join(rng.choices(words, k=6)), "choices": [" " + " ".join(rng.choices(words, k=3)) for _ in range(3)],
              "label": rng.randrange(3)} for _ in range(6)]
     texts = [{"text": " ".join(rng.choices(words, k=50))} for _ in range(2)]
@@ -170,9 +171,9 @@ def test_lm_eval_local_completions_scores_like_the_psyduck_model(engine_url, loa
     pytest.importorskip("lm_eval")
     pytest.importorskip("tenacity")  # the harness's API models need lm-eval[api]
     from lm_eval.tasks import TaskManager
+    from test_tasks import harness, sample_lls
 
     from psyduck.tasks.harness import PsyDuckLM
-    from test_tasks import harness, sample_lls
 
     model, tok = loaded
     write_small_tasks(tmp_path / "tasks")

@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from psyduck.generate import DecodeWeights, GenerationParams, KVCache, TextStream, sample_next
+from psyduck.generate import (
+    DecodeWeights,
+    GenerationParams,
+    KVCache,
+    TextStream,
+    sample_next,
+)
 from psyduck.serve.rowcache import RowCache
 from psyduck.tokenizer import Tokenizer
 

@@ -28,7 +28,16 @@ from psyduck.serve.access import AUTH, State, check_model
 from psyduck.serve.batch import Choice, Delta, Job
 from psyduck.serve.engine import ClientGone
 from psyduck.serve.errors import ApiError
-from psyduck.serve.generation import EventStream, events, finish_whole, gone, sampling_params, sse, start, streamed_job
+from psyduck.serve.generation import (
+    EventStream,
+    events,
+    finish_whole,
+    gone,
+    sampling_params,
+    sse,
+    start,
+    streamed_job,
+)
 from psyduck.serve.schemas import ERRORS, ChatRequest
 from psyduck.serve.state import ServeState
 

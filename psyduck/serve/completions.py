@@ -25,7 +25,16 @@ from psyduck.serve.access import AUTH, State, check_model
 from psyduck.serve.batch import Choice, Delta, Job, TokenLogprob, prompt_logprobs
 from psyduck.serve.engine import ClientGone
 from psyduck.serve.errors import ApiError
-from psyduck.serve.generation import EventStream, events, finish_whole, gone, sampling_params, sse, start, streamed_job
+from psyduck.serve.generation import (
+    EventStream,
+    events,
+    finish_whole,
+    gone,
+    sampling_params,
+    sse,
+    start,
+    streamed_job,
+)
 from psyduck.serve.prompts import encode_prompts
 from psyduck.serve.schemas import ERRORS, MAX_N, CompletionRequest, CompletionResponse
 from psyduck.serve.state import ServeState

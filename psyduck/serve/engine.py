@@ -85,11 +85,11 @@ class Engine:
             for job in arrived:
                 try:
                     batch.join(job)
-                except Exception as e:  # a bad job (e.g. overflow) fails alone
+                except Exception as e:  # noqa: BLE001  (a bad job fails alone; the engine goes on)
                     job.future.set_exception(e)
             try:
                 batch.step()
-            except Exception as e:  # a bug in a step: fail what is running, start clean
+            except Exception as e:  # noqa: BLE001  (a bug in a step: fail what is running, start clean)
                 for job in batch.jobs:
                     if not job.future.done():
                         job.future.set_exception(e)

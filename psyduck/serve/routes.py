@@ -30,7 +30,16 @@ from psyduck.serve.access import AUTH, State, check_key, check_model, get_state
 from psyduck.serve.errors import ApiError
 from psyduck.serve.generation import sampling_params
 from psyduck.serve.prompts import encode_text
-from psyduck.serve.schemas import ERRORS, DetokenizeRequest, Health, Info, ModelCard, ModelList, RunMetrics, TokenizeRequest
+from psyduck.serve.schemas import (
+    ERRORS,
+    DetokenizeRequest,
+    Health,
+    Info,
+    ModelCard,
+    ModelList,
+    RunMetrics,
+    TokenizeRequest,
+)
 from psyduck.serve.state import ServeState
 
 PAGE_HEADERS = {  # the page loads nothing from elsewhere: it works offline, and this proves it
