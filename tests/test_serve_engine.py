@@ -127,6 +127,10 @@ def test_logprobs_and_echo_with_max_tokens_0_score_the_prompt(engine_url, loaded
     chunks = list(client.completions.create(model="tiny-run", prompt="the", max_tokens=4, temperature=0, logprobs=1,
                                             extra_body={"ignore_eos": True}, stream=True))
     assert [c.choices[0].logprobs.token_logprobs[0] for c in chunks] == pytest.approx(glp.token_logprobs[:4], abs=1e-6)
+    echoed = list(client.completions.create(model="tiny-run", prompt=ids, max_tokens=2, echo=True, logprobs=3, stream=True,
+                                         extra_body={"ignore_eos": True}))
+    assert echoed[0].choices[0].text == tok.decode(ids) and echoed[0].choices[0].logprobs.token_logprobs == lp.token_logprobs
+    assert len(echoed) == 3 and all(len(c.choices[0].logprobs.tokens) == 1 for c in echoed[1:])
 
 
 def test_tokenizer_endpoints_answer_like_vllm(engine_url, loaded):

@@ -71,7 +71,8 @@ class Job:
     """One request's generation: choice `i * n + j` is the j-th continuation of prompt i.
 
     `logprobs`: how many alternatives to report per token (0: only the chosen one's), or None for
-    no logprobs. `on_step` receives each step's deltas, in the generating thread. `future` ends
+    no logprobs; with `score_prompts` too, `join` fills `prompt_scores` (one list per prompt): the
+    prompts' own logprobs, computed here, under the admission control, not in the request handler. `on_step` receives each step's deltas, in the generating thread. `future` ends
     with the choices: when every row finished, or at once when `cancel` is set.
     """
 
@@ -81,6 +82,8 @@ class Job:
     cancel: threading.Event
     on_step: Callable[[list[Delta]], None] | None = None
     logprobs: int | None = None
+    score_prompts: bool = False
+    prompt_scores: list[list[TokenLogprob | None]] = field(default_factory=list)
     future: Future = field(default_factory=Future)
     choices: list[Choice] = field(default_factory=list)
     live: list[Row] = field(default_factory=list)  # rows still generating, in choice order
@@ -152,6 +155,8 @@ class Batch:
     def join(self, job: Job) -> None:
         """Add a job's rows (its prompts prefilled here), or end it at once if it asks for no tokens."""
         params = job.params
+        if job.score_prompts and job.logprobs is not None:
+            job.prompt_scores = [prompt_logprobs(self.model, p, job.logprobs) for p in job.prompts]
         if params.seed is not None:
             job.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         for p, prompt in enumerate(job.prompts):

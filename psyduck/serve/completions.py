@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from psyduck.serve import logprobs
 from psyduck.serve.access import AUTH, State, check_model
-from psyduck.serve.batch import Choice, Delta, Job, TokenLogprob, prompt_logprobs
+from psyduck.serve.batch import Choice, Delta, Job, TokenLogprob
 from psyduck.serve.engine import ClientGone
 from psyduck.serve.errors import ApiError
 from psyduck.serve.generation import (
@@ -50,7 +50,7 @@ class Reply:
     tok: Any  # the tokenizer (token texts for logprobs)
     prompts: list[list[int]]  # per choice: the prompt it continues
     echo: list[str]  # per choice: the prompt's text if `echo`, else ""
-    prompt_scores: list[list[TokenLogprob | None]] | None  # per choice: the prompt's logprobs (echo + logprobs)
+    n: int  # choices per prompt
     logprobs: int | None
     prompt_tokens: int
 
@@ -58,18 +58,18 @@ class Reply:
         done = sum(c.tokens for c in choices)
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": done, "total_tokens": self.prompt_tokens + done}
 
-    def choice(self, index: int, text: str, finish_reason: str | None, scored: list[TokenLogprob], first: bool) -> dict[str, Any]:
-        """One choice's JSON; `first`: its text starts with the echoed prompt (whole answer, first event)."""
+    def choice(self, index: int, text: str, finish_reason: str | None, scored: list[TokenLogprob], job: Job | None = None) -> dict[str, Any]:
+        """One choice's JSON; with `job` (whole answer, echo event) its prompt's scores come first, if any."""
         lp = None
         if self.logprobs is not None:
-            if first and self.prompt_scores is not None:
-                lp = logprobs.legacy(self.tok, self.prompt_scores[index] + scored, self.prompts[index])
+            if job is not None and job.prompt_scores:
+                lp = logprobs.legacy(self.tok, job.prompt_scores[index // self.n] + scored, self.prompts[index])
             else:
                 lp = logprobs.legacy(self.tok, scored)
         return {"text": text, "index": index, "logprobs": lp, "finish_reason": finish_reason}
 
-    def whole(self, choices: list[Choice]) -> dict[str, Any]:
-        chosen = [self.choice(c.index, self.echo[c.index] + c.text, c.finish_reason, c.logprobs, True) for c in choices]
+    def whole(self, choices: list[Choice], job: Job) -> dict[str, Any]:
+        chosen = [self.choice(c.index, self.echo[c.index] + c.text, c.finish_reason, c.logprobs, job) for c in choices]
         return {**self.meta, "choices": chosen, "usage": self.usage(choices)}
 
     def event(self, choices: list[dict[str, Any]], **extra: Any) -> str:
@@ -88,11 +88,10 @@ def read_prompts(state: ServeState, body: CompletionRequest, n: int) -> tuple[li
             400, f"echo with logprobs scores at most {state.model.config.block_size + 1} tokens (the model's context "
             "and the token after it); send a shorter prompt", param="prompt", code="context_length_exceeded",
         )
-    scores = [prompt_logprobs(state.model, p, body.logprobs) for p in prompts] if echo and body.logprobs is not None else None
     meta = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()), "model": state.name}
     reply = Reply(
         meta, state.tok, [p for p in prompts for _ in range(n)], [state.tok.decode(p) if echo else "" for p in prompts for _ in range(n)],
-        None if scores is None else [s for s in scores for _ in range(n)], body.logprobs, sum(map(len, prompts)),
+        n, body.logprobs, sum(map(len, prompts)),
     )
     return prompts, reply
 
@@ -107,30 +106,32 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     n = body.n or 1
     prompts, reply = await run_in_threadpool(read_prompts, state, body, n)  # off the event loop: long texts take time
     if not body.stream:
-        job = Job(prompts, n, params, threading.Event(), logprobs=body.logprobs)
+        job = Job(prompts, n, params, threading.Event(), logprobs=body.logprobs, score_prompts=bool(body.echo))
         try:
             await start(request, state, job)
         except ClientGone:
             return gone()
         choices = await finish_whole(request, job)
-        return gone() if choices is None else JSONResponse(reply.whole(choices))
+        return gone() if choices is None else JSONResponse(reply.whole(choices, job))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    job, queue = streamed_job(prompts, n, params, body.logprobs)
+    job, queue = streamed_job(prompts, n, params, body.logprobs, score_prompts=bool(body.echo))
     try:
         await start(request, state, job)
     except ClientGone:
         return gone()
 
     def event(deltas: list[Delta]) -> str:
-        return "".join(reply.event([reply.choice(d.index, d.text, d.finish_reason, d.logprobs, False)]) for d in deltas)
+        return "".join(reply.event([reply.choice(d.index, d.text, d.finish_reason, d.logprobs)]) for d in deltas)
 
     def done(choices: list[Choice]) -> str:
         return reply.event([], usage=reply.usage(choices)) if include_usage else ""
 
     async def stream() -> Any:
-        if any(reply.echo):
-            yield "".join(reply.event([reply.choice(i, text, None, [], True)]) for i, text in enumerate(reply.echo))
-        async for chunk in events(queue, event, done):
+        first = None
+        if any(reply.echo):  # after the job joined the batch (its first item), when its prompts are scored
+            first = await queue.get()
+            yield "".join(reply.event([reply.choice(i, text, None, [], job)]) for i, text in enumerate(reply.echo))
+        async for chunk in events(queue, event, done, first):
             if chunk:
                 yield chunk
 

@@ -88,22 +88,27 @@ async def finish_whole(request: Request, job: Job) -> list[Choice] | None:
         raise ApiError(400, str(e)) from None
 
 
-def streamed_job(prompts: list[list[int]], n: int, params: GenerationParams, logprobs: int | None) -> tuple[Job, asyncio.Queue]:
+def streamed_job(
+    prompts: list[list[int]], n: int, params: GenerationParams, logprobs: int | None, score_prompts: bool = False,
+) -> tuple[Job, asyncio.Queue]:
     """A job whose deltas (lists of `Delta`), then its finished Future, arrive on the returned queue."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    job = Job(prompts, n, params, threading.Event(), lambda deltas: threadsafe(loop, queue.put_nowait, deltas), logprobs)
+    job = Job(prompts, n, params, threading.Event(), lambda deltas: threadsafe(loop, queue.put_nowait, deltas), logprobs,
+              score_prompts)
     job.future.add_done_callback(lambda f: threadsafe(loop, queue.put_nowait, f))
     return job, queue
 
 
 async def events(
-    queue: asyncio.Queue, event: Callable[[list[Delta]], str], done: Callable[[list[Choice]], str],
+    queue: asyncio.Queue, event: Callable[[list[Delta]], str], done: Callable[[list[Choice]], str], first: Any = None,
 ) -> AsyncIterator[str]:
     """The job's deltas as events (`event`), then `done(choices)` and `data: [DONE]`. An error after
-    the stream began is its last event."""
-    while not isinstance(item := await queue.get(), Future):
+    the stream began is its last event. `first`: an item the caller already took from the queue."""
+    item = first if first is not None else await queue.get()
+    while not isinstance(item, Future):
         yield event(item)
+        item = await queue.get()
     error = item.exception()
     if error is not None:
         kind = "invalid_request_error" if isinstance(error, (PsyDuckError, ValueError)) else "server_error"
