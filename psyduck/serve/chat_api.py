@@ -31,8 +31,8 @@ from psyduck.serve.errors import ApiError
 from psyduck.serve.generation import (
     EventStream,
     events,
-    finish_whole,
     gone,
+    run_whole,
     sampling_params,
     sse,
     start,
@@ -86,11 +86,7 @@ async def chat_completions(body: ChatRequest, request: Request, state: State) ->
 
     if not body.stream:
         job = Job([prompt], n, params, threading.Event(), logprobs=top)
-        try:
-            await start(request, state, job)
-        except ClientGone:
-            return gone()
-        choices = await finish_whole(request, job)
+        choices = await run_whole(request, state, job)
         if choices is None:
             return gone()
         return JSONResponse({**meta, "object": "chat.completion", "usage": usage(choices), "choices": [

@@ -28,8 +28,8 @@ from psyduck.serve.errors import ApiError
 from psyduck.serve.generation import (
     EventStream,
     events,
-    finish_whole,
     gone,
+    run_whole,
     sampling_params,
     sse,
     start,
@@ -107,11 +107,7 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     prompts, reply = await run_in_threadpool(read_prompts, state, body, n)  # off the event loop: long texts take time
     if not body.stream:
         job = Job(prompts, n, params, threading.Event(), logprobs=body.logprobs, score_prompts=bool(body.echo))
-        try:
-            await start(request, state, job)
-        except ClientGone:
-            return gone()
-        choices = await finish_whole(request, job)
+        choices = await run_whole(request, state, job)
         return gone() if choices is None else JSONResponse(reply.whole(choices, job))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     job, queue = streamed_job(prompts, n, params, body.logprobs, score_prompts=bool(body.echo))

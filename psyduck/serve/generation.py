@@ -21,7 +21,7 @@ from fastapi.responses import Response, StreamingResponse
 from psyduck.errors import PsyDuckError
 from psyduck.generate import GenerationParams
 from psyduck.serve.batch import Choice, Delta, Job
-from psyduck.serve.engine import Overloaded
+from psyduck.serve.engine import ClientGone, Overloaded
 from psyduck.serve.errors import ApiError, error_body
 from psyduck.serve.state import ServeState
 
@@ -70,6 +70,15 @@ async def start(request: Request, state: ServeState, job: Job) -> None:
         finish()
         raise
     job.future.add_done_callback(lambda f: threadsafe(loop, finish, f))
+
+
+async def run_whole(request: Request, state: ServeState, job: Job) -> list[Choice] | None:
+    """Start `job` and wait for all its choices; None if the client left first (answer `gone()`)."""
+    try:
+        await start(request, state, job)
+    except ClientGone:
+        return None
+    return await finish_whole(request, job)
 
 
 async def finish_whole(request: Request, job: Job) -> list[Choice] | None:
