@@ -130,6 +130,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # the (cos, sin) rows of the positions in view, (T, hs) each
+Start = int | torch.Tensor  # where the new tokens start: one position for all rows, or one per row (B,)
+
+
+def positions(start: Start, length: int, device: torch.device) -> torch.Tensor:
+    """The positions of `length` new tokens: (T,) from one start, (B, T) from per-row starts.
+
+    Per-row starts are for a server's batch of sequences of different lengths (psyduck/serve/)."""
+    steps = torch.arange(length, device=device)
+    return steps + start if isinstance(start, int) else start[:, None] + steps
 
 
 class SinusoidalPositions(nn.Module):
@@ -139,8 +148,8 @@ class SinusoidalPositions(nn.Module):
         super().__init__()
         self.register_buffer("table", sinusoidal_positions(cfg.block_size, cfg.d_model), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, Rope | None]:
-        return x + self.table[start : start + x.shape[1]], None
+    def forward(self, x: torch.Tensor, start: Start) -> tuple[torch.Tensor, Rope | None]:
+        return x + self.table[positions(start, x.shape[1], x.device)], None
 
 
 class LearnedPositions(nn.Embedding):
@@ -149,8 +158,8 @@ class LearnedPositions(nn.Embedding):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg.block_size, cfg.d_model)
 
-    def forward(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, Rope | None]:  # type: ignore[override]
-        return x + super().forward(torch.arange(start, start + x.shape[1], device=x.device)), None
+    def forward(self, x: torch.Tensor, start: Start) -> tuple[torch.Tensor, Rope | None]:  # type: ignore[override]
+        return x + super().forward(positions(start, x.shape[1], x.device)), None
 
 
 class RotaryPositions(nn.Module):
@@ -162,9 +171,10 @@ class RotaryPositions(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, Rope | None]:
-        end = start + x.shape[1]
-        return x, (self.cos[start:end], self.sin[start:end])
+    def forward(self, x: torch.Tensor, start: Start) -> tuple[torch.Tensor, Rope | None]:
+        pos = positions(start, x.shape[1], x.device)  # per-row positions: (B, 1, T, hs) tables, one per row
+        cos, sin = self.cos[pos], self.sin[pos]
+        return x, (cos, sin) if pos.ndim == 1 else (cos[:, None], sin[:, None])
 
 
 POSITIONS: dict[str, type[nn.Module]] = {
@@ -197,23 +207,29 @@ class Attention(nn.Module):
         self.register_buffer("mask", torch.tril(torch.ones(block_size, block_size)), persistent=False)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """`keep` (B, Tq, Tk), True where attending is allowed, replaces the causal mask (a server's batch)."""
         t_q, t_k = q.shape[-2], k.shape[-2]  # with a KV cache the queries are the last t_q of t_k positions
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, Tq, Tk)
-        mask = self.mask[t_k - t_q : t_k, :t_k]
-        scores.masked_fill_(mask == 0, float("-inf"))  # no peeking at the future (in place)
+        mask = self.mask[t_k - t_q : t_k, :t_k] != 0 if keep is None else keep
+        scores.masked_fill_(~mask, float("-inf"))  # no peeking at the future (in place)
         weights = F.softmax(scores, dim=-1)  # each row sums to 1
         weights = self.dropout(weights)
         return weights @ v  # (B, Tq, head_size)
 
 
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """`Attention`'s math for all heads at once, in PyTorch's fused kernel: (B, H, Tq, hs) -> (B, H, Tq, hs).
 
     `F.scaled_dot_product_attention` picks a flash or memory-efficient kernel where it can. With
     dropout on a CPU it runs its plain math path: the same steps as `Attention`, with the same
-    random draws as `nn.Dropout` on the (B, H, Tq, Tk) weights.
+    random draws as `nn.Dropout` on the (B, H, Tq, Tk) weights. `keep` (B, 1, Tq, Tk), from a cache
+    whose rows have different lengths, replaces the causal mask.
     """
+    if keep is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=dropout)
     t_q, t_k = q.shape[2], k.shape[2]
     if t_q == t_k or t_q == 1:  # plain causal prefill, or one new token that may see everything
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=t_q == t_k and t_q > 1)
@@ -246,13 +262,14 @@ class MultiHeadAttention(nn.Module):
         else:
             self.attend = self.all_heads_fused
 
-    def head_by_head(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def head_by_head(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """The teaching path: one `Attention` call per head, stacked back: (B, H, Tq, hs)."""
-        return torch.stack([self.head(q[:, h], k[:, h], v[:, h]) for h in range(self.n_head)], dim=1)
+        keep = None if keep is None else keep[:, 0]
+        return torch.stack([self.head(q[:, h], k[:, h], v[:, h], keep) for h in range(self.n_head)], dim=1)
 
-    def all_heads_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def all_heads_fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """The fast path: every head in one `scaled_dot_product_attention` call: (B, H, Tq, hs)."""
-        return fused_attention(q, k, v, self.dropout if self.training else 0.0)
+        return fused_attention(q, k, v, self.dropout if self.training else 0.0, keep)
 
     def forward(self, x: torch.Tensor, rope: Rope | None = None, cache: "LayerCache | None" = None) -> torch.Tensor:
         B, T, C = x.shape
@@ -263,12 +280,14 @@ class MultiHeadAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
         if rope is not None:  # rotary positions: rotate queries and keys by their positions' angles
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        keep = None  # the causal mask; a cache of rows of different lengths says what each row may see
         if cache is not None:  # generation: remember this step's keys and values, attend to all so far
             k, v = cache.append(k, v)
+            keep = cache.keep
         if self.n_kv_head != self.n_head:  # grouped-query: each kv head serves n_head/n_kv_head queries
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        y = self.attend(q, k, v)  # (B, H, T, hs)
+        y = self.attend(q, k, v, keep)  # (B, H, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads: (B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -344,9 +363,10 @@ class GPT(nn.Module):
     def body(self, idx: torch.Tensor, cache: "KVCache | None" = None) -> torch.Tensor:
         """Token ids (B, T) -> final hidden states (B, T, C), before the output layer."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+        start = cache.length if cache is not None else 0  # an int, or one start per row (B,)
+        end = start + T if isinstance(start, int) else int(start.max()) + T
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} tokens exceeds block_size {self.config.block_size}")
         x, rope = self.pos_emb(self.tok_emb(idx), start)  # (B, T, C), and RoPE's angles or None
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
@@ -367,7 +387,9 @@ class GPT(nn.Module):
 
         With a `cache` (generation, psyduck/generate/): the tokens continue those the cache holds
         (positions from `cache.length`), their keys and values are added to it, and the logits are
-        computed for the last position only, (B, 1, V): the one a next token is sampled from.
+        computed for the last position only, (B, 1, V): the one a next token is sampled from. A
+        server's cache (psyduck/serve/rowcache.py) gives one length per row, (B,), and a `keep`
+        mask per layer that replaces the causal one, so rows of different lengths share a step.
         """
         if cache is not None:
             if targets is not None:

@@ -237,7 +237,7 @@ def test_twenty_concurrent_streams_all_complete(client, base_url):
 
 BAD_REQUESTS = [
     ({"max_tokens": 5}, 400, "prompt", None),  # no prompt
-    ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens", None),
+    ({"prompt": "x", "max_tokens": -1}, 400, "max_tokens", None),
     ({"prompt": "x", "max_tokens": -3}, 400, "max_tokens", None),
     ({"prompt": "x", "max_tokens": 65}, 400, "max_tokens", "max_tokens_too_large"),
     ({"prompt": "x", "temperature": -0.1}, 400, "temperature", None),
@@ -259,7 +259,8 @@ BAD_REQUESTS = [
     ({"prompt": "x", "top_k": 0}, 400, "top_k", None),  # refused, as `psyduck generate --top-k 0` is
     ({"prompt": "the " * 100_000}, 400, "prompt", "context_length_exceeded"),  # refused before tokenizing
     ({"prompt": "x", "seed": 2**70}, 400, "seed", None),
-    ({"prompt": "x", "logprobs": 2}, 400, "logprobs", "unsupported_parameter"),
+    ({"prompt": "x", "logprobs": 21}, 400, "logprobs", None),
+    ({"prompt": "x", "best_of": 2}, 400, "best_of", "unsupported_parameter"),
     ({"prompt": "x", "max_tokens": "many"}, 400, "max_tokens", None),
 ]
 
@@ -315,12 +316,6 @@ def test_api_key_is_checked_as_a_bearer_token(run_dir, loaded):
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200  # no secrets there
         assert c.get("/api/info").status_code == 401  # the model's size and the run's name are the key's
         assert c.get("/api/info", headers=ok).json()["auth"] is True
-
-
-def test_chat_completions_says_it_is_not_there_yet(client):
-    with pytest.raises(openai.NotFoundError) as e:
-        client.chat.completions.create(model=RUN_NAME, messages=[{"role": "user", "content": "hi"}])
-    assert e.value.body["code"] == "unsupported_endpoint" and "/v1/completions" in e.value.body["message"]
 
 
 def test_a_huge_body_gets_413_at_once_while_health_answers(base_url):
@@ -488,80 +483,80 @@ def test_schemathesis_finds_no_server_errors(run_dir, loaded):
 # The playground, in a real browser
 # ---------------------------------------------------------------------------------------------
 
-def test_playground_streams_in_a_real_browser(base_url, run_dir, tmp_path):
+@contextlib.contextmanager
+def browser_page(**page_options):
+    """A headless Chromium page and the list its script errors land in (the test skips without Chromium)."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (scripts/ci_browser.sh installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 820})
+            page = browser.new_page(**page_options)
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(base_url + "/")
-            expect(page.locator("#model-name")).to_have_text(RUN_NAME)
-            page.fill("#prompt", "the model learns to predict")
-            set_range = "([id, v]) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('input')); }"
-            page.evaluate(set_range, ["max_tokens", "60"])
-            page.fill("#seed", "3")
-            page.click("#generate")
-            expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
-            expect(page.locator("#stop")).to_be_disabled(timeout=30_000)  # finished
-            stats = page.inner_text("#stats")
-            assert "tok/s" in stats and "tokens" in stats
-            page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
-
-            # a long generation: the text streams in while it runs, and the Stop button ends it
-            page.evaluate(set_range, ["max_tokens", "4096"])
-            page.uncheck("#eot")
-            page.click("#generate")
-            completion = page.locator("#completion")
-            expect(completion).to_have_text(re.compile(".{20}", re.DOTALL), timeout=30_000)
-            shown = len(completion.text_content())
-            expect(completion).to_have_text(re.compile(f".{{{shown + 20}}}", re.DOTALL), timeout=30_000)
-            expect(page.locator("#stop")).to_be_enabled()  # more text arrived, and it is still generating
-            page.click("#stop")
-            expect(page.locator("#stats")).to_contain_text("stopped", timeout=10_000)
-            wait_idle(base_url)
-
-            # the loss curves, refreshed when the run writes another evaluation
-            page.goto(f"{base_url}/runs/{RUN_NAME}")
-            expect(page.locator("#chart polyline").first).to_be_attached()
-            n = page.locator("#rows tr").count()
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": 10, "tokens": 2560, "train_loss": 4.5, "val_loss": 4.6}) + "\n")
-            expect(page.locator("#rows tr")).to_have_count(n + 1, timeout=10_000)
-            page.screenshot(path=str(tmp_path / "curves.png"), full_page=True)
-            assert not errors, errors
+            yield page, errors
         finally:
             browser.close()
+
+
+def test_playground_streams_in_a_real_browser(base_url, run_dir, tmp_path):
+    from playwright.sync_api import expect
+
+    with browser_page(viewport={"width": 1200, "height": 820}) as (page, errors):
+        page.goto(base_url + "/")
+        expect(page.locator("#model-name")).to_have_text(RUN_NAME)
+        page.fill("#prompt", "the model learns to predict")
+        set_range = "([id, v]) => { const e = document.getElementById(id); e.value = v; e.dispatchEvent(new Event('input')); }"
+        page.evaluate(set_range, ["max_tokens", "60"])
+        page.fill("#seed", "3")
+        page.click("#generate")
+        expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
+        expect(page.locator("#stop")).to_be_disabled(timeout=30_000)  # finished
+        stats = page.inner_text("#stats")
+        assert "tok/s" in stats and "tokens" in stats
+        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+
+        # a long generation: the text streams in while it runs, and the Stop button ends it
+        page.evaluate(set_range, ["max_tokens", "4096"])
+        page.uncheck("#eot")
+        page.click("#generate")
+        completion = page.locator("#completion")
+        expect(completion).to_have_text(re.compile(".{20}", re.DOTALL), timeout=30_000)
+        shown = len(completion.text_content())
+        expect(completion).to_have_text(re.compile(f".{{{shown + 20}}}", re.DOTALL), timeout=30_000)
+        expect(page.locator("#stop")).to_be_enabled()  # more text arrived, and it is still generating
+        page.click("#stop")
+        expect(page.locator("#stats")).to_contain_text("stopped", timeout=10_000)
+        wait_idle(base_url)
+
+        # the loss curves, refreshed when the run writes another evaluation
+        page.goto(f"{base_url}/runs/{RUN_NAME}")
+        expect(page.locator("#chart polyline").first).to_be_attached()
+        n = page.locator("#rows tr").count()
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 10, "tokens": 2560, "train_loss": 4.5, "val_loss": 4.6}) + "\n")
+        expect(page.locator("#rows tr")).to_have_count(n + 1, timeout=10_000)
+        page.screenshot(path=str(tmp_path / "curves.png"), full_page=True)
+        assert not errors, errors
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
 
 def test_playground_asks_for_the_key_of_a_server_that_has_one(run_dir, loaded):
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (scripts/ci_browser.sh installs it)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with serving(make_app(run_dir, loaded, api_key="sekret")) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url + "/")
-            expect(page.locator("#key-box")).to_be_visible()
-            expect(page.locator("#hint")).to_contain_text("API key")
-            page.fill("#api-key", "sekret")
-            page.locator("#api-key").dispatch_event("change")
-            expect(page.locator("#model-name")).to_have_text(RUN_NAME)  # /api/info answered with the key
-            page.fill("#prompt", "the model")
-            page.click("#generate")
-            expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
-            assert not errors, errors
-        finally:
-            browser.close()
+    with serving(make_app(run_dir, loaded, api_key="sekret")) as url, browser_page() as (page, errors):
+        page.goto(url + "/")
+        expect(page.locator("#key-box")).to_be_visible()
+        expect(page.locator("#hint")).to_contain_text("API key")
+        page.fill("#api-key", "sekret")
+        page.locator("#api-key").dispatch_event("change")
+        expect(page.locator("#model-name")).to_have_text(RUN_NAME)  # /api/info answered with the key
+        page.fill("#prompt", "the model")
+        page.click("#generate")
+        expect(page.locator("#completion")).not_to_be_empty(timeout=30_000)
+        assert not errors, errors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,7 +600,8 @@ def test_sampling_params_fill_defaults_and_apply_the_cap():
     state = small_state(max_tokens_cap=8)
 
     def fields(**body):
-        p = routes.sampling_params(state, CompletionRequest(prompt="x", **body))
+        req = CompletionRequest(prompt="x", **body)
+        p = routes.sampling_params(state, req.max_tokens, req)
         return p.max_new_tokens, p.temperature, p.top_k, p.top_p, p.seed, p.stop, p.ignore_eos
 
     assert fields() == (8, 1.0, None, None, None, (), False)  # default 16, but the cap is lower
@@ -704,7 +700,7 @@ def test_cli_serve_is_registered_and_fails_in_one_line(run_dir, capsys):
         assert main(["serve", str(run_dir), "--port", str(busy.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert "cannot listen" in err and err.count("\n") == 1
-    assert main(["serve", str(run_dir), "--max-concurrency", "0"]) == 2
+    assert main(["serve", str(run_dir), "--max-concurrency", "0", "--batching", "off"]) == 2
     assert "max-concurrency" in capsys.readouterr().err
     assert main(["serve", str(run_dir), "--max-body-mb", "0"]) == 2
     err = capsys.readouterr().err

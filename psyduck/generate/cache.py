@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 class LayerCache:
     """One block's keys and values so far, in preallocated buffers (B, Hkv, block_size, hs)."""
 
+    keep = None  # every row has the same length: attention's own causal mask applies (the model reads this)
+
     def __init__(self, owner: KVCache, k: torch.Tensor, v: torch.Tensor) -> None:
         self.owner, self.k, self.v = owner, k, v
 

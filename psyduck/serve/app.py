@@ -1,20 +1,23 @@
-"""The HTTP app: OpenAI's completions API over a trained run, plus a playground page.
+"""The HTTP app: OpenAI's completions and chat APIs over a trained run, plus a playground page.
 
     app = create_app("runs/demo")                  # or create_app(model=m, tokenizer=t)
     uvicorn.run(app, host="127.0.0.1", port=8000)  # what `psyduck serve runs/demo` does
 
 `create_app` only wires the rooms together:
 - state.py: `ServeState`, the model and the limits, kept in `app.state.psyduck`;
-- routes.py: the handlers (listed there), on one `APIRouter`, reading that state;
+- routes.py: the handlers (listed there; completions.py and chat_api.py generate), on one `APIRouter`;
 - schemas.py: the request and response bodies (OpenAI's names and defaults);
 - errors.py: every error, ours or the framework's, in OpenAI's shape;
 - openapi.py: /openapi.json and /docs, with this server's limits written in;
 - limits.py: request bodies over the size limit refused before they are read;
 - prompts.py: prompts to token ids, too-long ones refused before they are tokenized;
-- engine.py: generation in worker threads and the admission control (`Slots`).
+- engine.py: the engine thread running every request in one batch (batch.py), or a thread per
+  request with `batching=False`, and the admission control (`Slots`).
 
 Extensions beyond OpenAI's parameters, both from vLLM's API: `top_k` (-1 or null: off; 0 is
-refused, as `psyduck generate --top-k 0` is) and `ignore_eos` (do not stop at <|endoftext|>: exactly `max_tokens` tokens unless a `stop` string).
+refused, as `psyduck generate --top-k 0` is) and `ignore_eos` (do not stop at <|endoftext|>: exactly
+`max_tokens` tokens unless a `stop` string); and vLLM's /tokenizer_info, /tokenize, /detokenize,
+which lm-evaluation-harness's `local-completions` uses instead of downloading a tokenizer.
 """
 
 from __future__ import annotations
@@ -55,22 +58,24 @@ def create_app(
     max_concurrency: int = 4,
     max_queue: int = 16,
     max_body_mb: float = 8.0,
+    batching: bool = True,
 ) -> FastAPI:
     """The app serving a run folder (loaded here), or an already-loaded `model` and `tokenizer`.
 
     `max_prompt_tokens` defaults to the model's context window (block_size). With `run_dir` and a
     model both given, the model is served and the folder only supplies the name and the metrics.
     A request body over `max_body_mb` megabytes (10^6 bytes) is refused with 413 before it is read.
+    `batching`: one engine thread runs every request in one batch (False: a thread per request).
     """
     state = load_state(
         run_dir, model=model, tokenizer=tokenizer, model_name=model_name, checkpoint=checkpoint, device=device,
         api_key=api_key, max_tokens_cap=max_tokens_cap, max_prompt_tokens=max_prompt_tokens,
-        max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb,
+        max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb, batching=batching,
     )
 
     app = ServeApp(
         title="PsyDuck", version="0.1.0", lifespan=lifespan,
-        description="An OpenAI-compatible completions API over a PsyDuck run, and a browser playground.",
+        description="OpenAI-compatible completions and chat APIs over a PsyDuck run, and a browser playground.",
     )
     app.state.psyduck = state
     add_error_handlers(app)

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     """Add the `serve` subcommand to the `psyduck` parser."""
     s = subparsers.add_parser(
         "serve", help="an OpenAI-compatible API and a browser playground for a run",
-        description="Serve a trained run: POST /v1/completions (OpenAI's API), the playground at /, "
+        description="Serve a trained run: POST /v1/completions and /v1/chat/completions (OpenAI's API), the playground at /, "
         "loss curves at /runs/NAME, the schema at /openapi.json.",
     )
     s.add_argument("run", help="a run folder written by `psyduck train`")
@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     s.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before new ones get 429 (default 16)")
     s.add_argument("--max-body-mb", type=float, default=8.0,
                    help="largest request body in megabytes; larger ones get 413 before they are read (default 8)")
+    s.add_argument("--batching", choices=("on", "off"), default="on",
+                   help="on: one forward pass per step for all requests (continuous batching); off: a thread per request")
     s.add_argument("--model-name", help="the model id clients use (default: the run folder's name)")
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
     s.add_argument("--device", default="auto")
@@ -54,6 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.run, model_name=args.model_name, checkpoint=args.checkpoint, device=str(device),
         api_key=args.api_key, max_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens,
         max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+        batching=args.batching == "on",
     )
     set_decode_threads(app.state.psyduck.model, device, args.threads)  # per generation: its own thread team
     sock = listen(args.host, args.port)

@@ -1,14 +1,16 @@
-"""The part of the server that talks to the model: text in, text out, one token at a time.
+"""The part of the server that talks to the model: jobs in, tokens out, and who may run.
 
-Nothing here knows about HTTP. Two pieces (the decode loop itself and `TextStream`, which keeps
-characters whole and cuts stop strings, live in psyduck/generate/):
+Nothing here knows about HTTP. The rows and the step live in batch.py (`Batch`, `Job`); here:
 
-- `generate` runs a whole request (one or more prompts, `n` choices each) in the calling thread,
-  which the server makes a worker thread: PyTorch releases the GIL inside its kernels, so the event
-  loop keeps answering while the model computes. It checks a `threading.Event` between tokens, so a
-  client that goes away stops the work within one token.
-- `Slots` is the admission control: at most `concurrency` generations run at once, at most `queue`
-  more wait (first come, first served); beyond that a request is refused at once instead of piling up.
+- `Engine` (batching on, the default): one thread runs one `Batch` for every request. Between
+  steps it takes in the jobs that arrived (continuous batching: a request joins the running batch
+  at once and leaves it when done, instead of waiting for the batch to end), then runs one step.
+  A cancelled job (its client went away) leaves at the next step, and its rows are free at once.
+- `run_alone` (`--batching off`): a job's own `Batch`, in the calling worker thread: one thread per
+  request, competing for the cores. PyTorch releases the GIL inside its kernels either way, so the
+  event loop keeps answering while the model computes.
+- `Slots` is the admission control: at most `concurrency` requests generate at once, at most
+  `queue` more wait (first come, first served); beyond that a request is refused at once.
 """
 
 from __future__ import annotations
@@ -21,73 +23,77 @@ from dataclasses import dataclass, field
 
 import torch
 
-from psyduck.generate import DecodeWeights, GenerationParams, TextStream, stream
+from psyduck.generate import DecodeWeights
+from psyduck.serve.batch import Batch, Job
 from psyduck.tokenizer import Tokenizer
 
 
-@dataclass
-class Choice:
-    """One finished (or stopped) continuation."""
-
-    index: int
-    text: str
-    tokens: int  # completion tokens generated for this choice (the end-of-text token counts)
-    finish_reason: str | None  # "stop" (end of text or a stop string), "length" (max_new_tokens), None (cancelled)
-
-
-@dataclass
-class Delta:
-    """What one step of generation adds to one choice: new text (maybe empty), and whether it ended."""
-
-    index: int
-    text: str
-    finish_reason: str | None = None
+def run_alone(model: torch.nn.Module, tokenizer: Tokenizer, weights: DecodeWeights, job: Job) -> list:
+    """Generate one job in this thread, in a batch of its own; returns its choices."""
+    batch = Batch(model, tokenizer, weights)
+    try:
+        batch.join(job)
+        while not batch.empty:
+            batch.step()
+    except BaseException as e:
+        job.future.set_exception(e)
+        raise
+    return job.future.result()
 
 
-def generate(
-    model: torch.nn.Module,
-    tokenizer: Tokenizer,
-    prompts: list[list[int]],
-    n: int,
-    params: GenerationParams,
-    cancel: threading.Event,
-    on_step: Callable[[list[Delta]], None] | None = None,
-    weights: DecodeWeights | None = None,
-) -> list[Choice]:
-    """Continue every prompt `n` times; choice `i * n + j` is the j-th continuation of prompt i.
+class Engine:
+    """One thread, one `Batch`: every job submitted joins it between two steps."""
 
-    The n continuations of one prompt run as one batch of n rows. Prompts run one after another.
-    `on_step` (if given) receives the new text of every unfinished choice after each token; it is
-    called from this thread. Returns early, with what was generated so far, once `cancel` is set.
-    `weights`: the server's `DecodeWeights`, built once for all requests (else once per prompt).
-    """
-    device = next(model.parameters()).device
-    choices: list[Choice] = []
-    for p, prompt in enumerate(prompts):
-        rows = [TextStream(tokenizer, params.stop, params.ignore_eos) for _ in range(n)]
-        if params.max_new_tokens > 0 and not cancel.is_set():
-            idx = torch.tensor([prompt] * n, dtype=torch.long, device=device)  # (n, T)
-            # no eot_id: the rows stop on their own below (a batch runs to its longest row)
-            steps = stream(model, idx, params, weights=weights)
+    def __init__(self, model: torch.nn.Module, tokenizer: Tokenizer, weights: DecodeWeights) -> None:
+        self.model, self.tok, self.weights = model, tokenizer, weights
+        self.pending: list[Job] = []
+        self.wake = threading.Condition()
+        self.closed = False
+        self.thread: threading.Thread | None = None
+
+    def submit(self, job: Job) -> None:
+        """Hand a job to the engine thread (started on the first one); `job.future` tells the end."""
+        with self.wake:
+            if self.closed:
+                raise RuntimeError("the server is shutting down")
+            self.pending.append(job)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="psyduck-engine", daemon=True)
+                self.thread.start()
+            self.wake.notify()
+
+    def close(self) -> None:
+        """Stop after the current step; jobs still running end with what they have (shutdown)."""
+        with self.wake:
+            self.closed = True
+            self.wake.notify()
+
+    def run(self) -> None:
+        batch = Batch(self.model, self.tok, self.weights)
+        while True:
+            with self.wake:
+                while not self.pending and batch.empty and not self.closed:
+                    self.wake.wait()
+                arrived, self.pending = self.pending, []
+                if self.closed:
+                    for job in [*batch.jobs, *arrived]:
+                        job.cancel.set()
+                    batch.step()  # cancelled jobs leave at once, with their choices so far
+                    for job in arrived:
+                        job.done()
+                    return
+            for job in arrived:
+                try:
+                    batch.join(job)
+                except Exception as e:  # noqa: BLE001  (a bad job fails alone; the engine goes on)
+                    job.future.set_exception(e)
             try:
-                for step, nxt in enumerate(steps):  # nxt: (n,) one new id per row
-                    ids = nxt.tolist()
-                    last = step + 1 == params.max_new_tokens
-                    deltas = []
-                    for j, (row, t) in enumerate(zip(rows, ids)):
-                        if not row.finished:
-                            text = row.push(int(t), last)
-                            deltas.append(Delta(p * n + j, text, row.finish_reason))
-                    if on_step is not None:
-                        on_step(deltas)
-                    if cancel.is_set() or all(r.finished for r in rows):
-                        break
-            finally:
-                steps.close()
-        choices += [Choice(p * n + j, r.text, r.tokens, r.finish_reason) for j, r in enumerate(rows)]
-        if cancel.is_set():
-            break
-    return choices
+                batch.step()
+            except Exception as e:  # noqa: BLE001  (a bug in a step: fail what is running, start clean)
+                for job in batch.jobs:
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                batch = Batch(self.model, self.tok, batch.weights)
 
 
 class Overloaded(Exception):

@@ -23,14 +23,21 @@ def with_server_limits(schema: dict[str, Any], state: ServeState) -> dict[str, A
         for param in schema["paths"][path]["get"].get("parameters", []):
             if param["in"] == "path" and name is not None:
                 param["schema"]["enum"] = [name]
-    props = schema["components"]["schemas"]["CompletionRequest"]["properties"]
-    for branch in props["model"]["anyOf"]:
-        if branch.get("type") == "string":
-            branch["enum"] = [state.name]
-    props["max_tokens"]["default"] = min(16, state.max_tokens_cap)
-    for branch in props["max_tokens"]["anyOf"]:
-        if branch.get("type") == "integer":
-            branch["maximum"] = state.max_tokens_cap
+    schemas = schema["components"]["schemas"]
+    chat_counts = ("max_tokens", "max_completion_tokens")
+    for request, counts, default in (
+        ("CompletionRequest", ("max_tokens",), min(16, state.max_tokens_cap)), ("ChatRequest", chat_counts, state.max_tokens_cap),
+    ):
+        props = schemas[request]["properties"]
+        for branch in props["model"]["anyOf"]:
+            if branch.get("type") == "string":
+                branch["enum"] = [state.name]
+        for count in counts:
+            props[count]["default"] = default
+            for branch in props[count]["anyOf"]:
+                if branch.get("type") == "integer":
+                    branch["maximum"] = state.max_tokens_cap
+    props = schemas["CompletionRequest"]["properties"]
     ids = {"type": "integer", "minimum": 0, "maximum": state.tok.vocab_size - 1}
     for branch in props["prompt"]["anyOf"]:
         if branch.get("type") != "array":

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
 
 MAX_N = 16  # completions per prompt a request may ask for (prompts x n, in all)
+MAX_LOGPROBS = 20  # most likely alternatives reported per token (vLLM's limit; OpenAI's is 5)
 
 
 class StreamOptions(BaseModel):
@@ -49,7 +50,9 @@ class CompletionRequest(BaseModel):
     prompt: Prompt = Field(
         ..., description="text, texts, token ids, or lists of token ids; an empty string starts a new document"
     )
-    max_tokens: int | None = Field(None, ge=1, description="tokens to generate per choice: default 16, at most the server's cap")
+    max_tokens: int | None = Field(
+        None, ge=0, description="tokens to generate per choice: default 16, at most the server's cap (0 with echo: score the prompt)"
+    )
     temperature: float | None = Field(1.0, ge=0, description="0 is greedy; higher is more random")
     top_p: float | None = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the most likely tokens up to this mass")
     # vLLM's spelling of "off" (-1) is kept; 0 is refused, as `psyduck generate --top-k 0` is.
@@ -64,7 +67,9 @@ class CompletionRequest(BaseModel):
     echo: bool | None = Field(False, description="put the prompt before the completion")
     ignore_eos: bool | None = Field(False, description="extension: do not stop at end-of-text")
     # Accepted for compatibility, but only with their neutral values (anything else is a 400).
-    logprobs: int | None = Field(None, ge=0, le=0, description="not supported: only null or 0")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_LOGPROBS, description="report each token's log-probability and this many most likely alternatives"
+    )
     best_of: int | None = Field(None, ge=1, le=1, description="not supported: only null or 1")
     suffix: None = Field(None, description="not supported: only null")
     presence_penalty: float | None = Field(None, ge=0, le=0, description="not supported: only null or 0")
@@ -74,13 +79,20 @@ class CompletionRequest(BaseModel):
 
 
 # The parameters above that only take their neutral value (errors about them say "not supported").
-UNSUPPORTED = ("logprobs", "best_of", "suffix", "presence_penalty", "frequency_penalty", "logit_bias")
+UNSUPPORTED = ("best_of", "suffix", "presence_penalty", "frequency_penalty", "logit_bias")
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="the first echoed prompt token has none (null)")
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
 
 
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -97,6 +109,15 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+
+
+class TokenizeRequest(BaseModel):
+    prompt: str
+    add_special_tokens: bool | None = Field(False, description="ignored: PsyDuck's tokenizers add none")
+
+
+class DetokenizeRequest(BaseModel):
+    tokens: list[int]
 
 
 class ModelCard(BaseModel):
@@ -148,3 +169,30 @@ class RunMetrics(BaseModel):
 
 # The error statuses an OpenAI-style route documents in the schema, all with ErrorResponse's shape.
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 429)}
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat request (https://platform.openai.com/docs/api-reference/chat); `messages` are checked
+    by psyduck.chat (roles, text content) so the errors name the message at fault."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    model: str | None = Field(None, description="the served model's id (GET /v1/models); may be omitted")
+    messages: list[Any] = Field(..., description="the conversation: {role: system|user|assistant, content: text}")
+    max_tokens: int | None = Field(None, ge=1, description="deprecated name of max_completion_tokens")
+    max_completion_tokens: int | None = Field(None, ge=1, description="tokens to generate per choice: default and at most the server's cap")
+    temperature: float | None = Field(1.0, ge=0, description="0 is greedy; higher is more random")
+    top_p: float | None = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: Annotated[int, Field(ge=1)] | Literal[-1] | None = Field(None, description="extension: keep the k most likely tokens")
+    n: int | None = Field(1, ge=1, le=MAX_N, description="replies to generate")
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(None, description="up to 4 strings that end a reply")
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="same seed, messages and parameters: same reply")
+    stream: bool | None = Field(False, description="send the reply as chunks with a `delta`, ending with `data: [DONE]`")
+    stream_options: StreamOptions | None = None
+    logprobs: bool | None = Field(False, description="report each token's log-probability")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="alternatives per token (with logprobs)")
+    ignore_eos: bool | None = Field(False, description="extension: do not stop at end-of-text")
+    presence_penalty: float | None = Field(None, ge=0, le=0, description="not supported: only null or 0")
+    frequency_penalty: float | None = Field(None, ge=0, le=0, description="not supported: only null or 0")
+    logit_bias: dict[str, float] | None = Field(None, max_length=0, description="not supported: only null or {}")
+    user: str | None = Field(None, description="ignored")

@@ -16,10 +16,12 @@ from typing import Any
 
 import torch
 
+from psyduck.chat import ChatTemplate, load_template, plain_template
 from psyduck.errors import PsyDuckError
 from psyduck.generate import DecodeWeights
 from psyduck.runs import nonfinite_weights
-from psyduck.serve.engine import Slots
+from psyduck.serve.batch import Job
+from psyduck.serve.engine import Engine, Slots, run_alone
 from psyduck.tokenizer import Tokenizer
 
 PAGE = Path(__file__).with_name("static") / "index.html"  # the playground and loss curves, one page
@@ -40,12 +42,15 @@ class ServeState:
     max_queue: int = 16
     page: str = ""  # the HTML of PAGE
     max_body_bytes: int = 8 * 10**6  # larger request bodies are refused before they are read (limits.py)
+    batching: bool = True  # one engine thread batching every request (False: a thread per request)
+    template: ChatTemplate = field(default_factory=plain_template)  # how /v1/chat/completions writes messages
     slots: Slots = field(init=False)
     cancels: set[threading.Event] = field(init=False, default_factory=set)  # of generations in flight
     created: int = field(init=False, default_factory=lambda: int(time.time()))
     executor: ThreadPoolExecutor | None = field(init=False, default=None)  # made on first use
     token_chars: int = field(init=False)  # the most characters one token stands for (prompts.py)
     weights: DecodeWeights | None = field(init=False, default=None)  # the CPU decode copies, built once
+    engine: Engine | None = field(init=False, default=None)  # with batching: made on first use
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.max_concurrency, self.max_queue)
@@ -63,10 +68,22 @@ class ServeState:
             self.executor = ThreadPoolExecutor(self.slots.concurrency, thread_name_prefix="psyduck-generate")
         return self.executor
 
+    def submit(self, job: Job) -> None:
+        """Start generating `job`: in the engine's batch, or (batching off) in a worker thread of its own."""
+        assert self.weights is not None, "this server's model cannot generate"
+        if self.batching:
+            if self.engine is None:
+                self.engine = Engine(self.model, self.tok, self.weights)
+            self.engine.submit(job)
+        else:
+            self.workers().submit(run_alone, self.model, self.tok, self.weights, job)
+
     def close(self) -> None:
         """Stop every generation at its next token and let the worker threads go (at shutdown)."""
         for cancel in list(self.cancels):
             cancel.set()
+        if self.engine is not None:
+            self.engine.close()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
             self.executor = None
@@ -84,6 +101,7 @@ def load_state(
     run_dir: str | Path | None, *, model: Any = None, tokenizer: Tokenizer | None = None, model_name: str | None = None,
     checkpoint: str | None = None, device: str = "cpu", api_key: str | None = None, max_tokens_cap: int = 512,
     max_prompt_tokens: int | None = None, max_concurrency: int = 4, max_queue: int = 16, max_body_mb: float = 8.0,
+    batching: bool = True,
 ) -> ServeState:
     """Check the limits (one-line errors), load the run unless a model is given, name the model."""
     for key, value, low in (
@@ -112,5 +130,5 @@ def load_state(
     return ServeState(
         model, tokenizer, model_name or (run.resolve().name if run is not None else "psyduck"), run, api_key,
         max_tokens_cap, max_prompt_tokens or model.config.block_size, max_concurrency, max_queue,
-        PAGE.read_text(encoding="utf-8"), max(1, int(max_body_mb * 10**6)),
+        PAGE.read_text(encoding="utf-8"), max(1, int(max_body_mb * 10**6)), batching, load_template(run),
     )

@@ -1,0 +1,157 @@
+"""Serving throughput: `psyduck serve` with continuous batching against the same server without.
+
+    python benchmarks/serve_throughput.py            # cpu-small shape, random weights, 1/4/16 clients
+    python benchmarks/serve_throughput.py --quick    # the tiny preset, a smoke run (seconds)
+
+The server runs in a subprocess of its own (this file, `--serve`), holding a randomly initialised
+model of the preset's shape (the same seed on both sides, so the same weights), once with
+`--batching on` and once with `off`, both with room for 16 requests at once. For each count of
+clients (1, 4, 16), that many threads of the real `openai` package stream completions from
+127.0.0.1 at the same moment (each `--tokens` tokens, ignore_eos, temperature 0.8, its own seed),
+bounded by a timeout. Reported per side and count: total generated tokens/s (all clients' tokens
+over the wall time from the first request to the last token) and the p50/p95 time to first token;
+`ratio_vs_off` is batching on's tokens/s over off's, `scaling_vs_1` each count's over 1 client's.
+Prints one JSON object, its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import emit, machine
+
+CLIENTS = (1, 4, 16)
+
+
+def build(preset: str, quick: bool):
+    """(model, tokenizer): the preset's shape, random weights (seed 0)."""
+    import torch
+
+    from psyduck.config import get_preset
+    from psyduck.model import GPT
+    from psyduck.tokenizer import train_bpe
+
+    cfg = get_preset(preset)
+    if quick:
+        words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "over", "hill", "and", "one", "two", "three", "four", "five"]
+        tok = train_bpe([" ".join(words[(i * 7) % len(words):] + words) for i in range(200)], 300)
+    else:
+        from common import bench_data
+
+        tok = bench_data(cfg.data.tokenizer).tokenizer()
+    cfg.model.vocab_size = tok.vocab_size
+    cfg.model.dropout = 0.0
+    torch.manual_seed(0)
+    return GPT(cfg.model).eval(), tok
+
+
+def serve(args: argparse.Namespace) -> None:
+    """The server side (a subprocess): listen on --port until killed."""
+    import uvicorn
+
+    from psyduck.serve.app import create_app
+
+    model, tok = build(args.preset, args.quick)
+    app = create_app(model=model, tokenizer=tok, model_name="bench", max_concurrency=16, max_queue=16,
+                     max_tokens_cap=4096, batching=args.batching == "on")
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with status {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("the server did not start")
+
+
+def one_client(base_url: str, seed: int, tokens: int, timeout: float) -> tuple[float, int, float]:
+    """(time to first token, tokens received, end time) of one streamed completion."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=timeout)
+    t0 = time.perf_counter()
+    first, count = None, 0
+    for chunk in client.completions.create(model="bench", prompt="the cat", max_tokens=tokens, temperature=0.8,
+                                           seed=seed, stream=True, extra_body={"ignore_eos": True}):
+        if chunk.choices:
+            count += 1
+            first = first if first is not None else time.perf_counter() - t0
+    return first or 0.0, count, time.perf_counter()
+
+
+def measure(port: int, clients: int, tokens: int, timeout: float) -> dict:
+    base_url = f"http://127.0.0.1:{port}/v1"
+    one_client(base_url, 0, 2, timeout)  # warm up (the engine thread, the first allocations)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda i: one_client(base_url, i, tokens, timeout), range(clients)))
+    end = max(r[2] for r in results)
+    ttft = sorted(r[0] for r in results)
+    total = sum(r[1] for r in results)
+    return {
+        "clients": clients, "tokens": total, "seconds": round(end - start, 3), "tokens_per_s": round(total / (end - start), 2),
+        "ttft_p50_s": round(statistics.median(ttft), 4), "ttft_p95_s": round(ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))], 4),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="the tiny preset, 16 tokens per client: a smoke run")
+    p.add_argument("--preset", default=None, help="model shape (default cpu-small; tiny with --quick)")
+    p.add_argument("--tokens", type=int, default=0, help="tokens per client (default 128; 16 with --quick)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds one client may take")
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--batching", default="on", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.preset = args.preset or ("tiny" if args.quick else "cpu-small")
+    if args.serve:
+        serve(args)
+        return
+    tokens = args.tokens or (16 if args.quick else 128)
+    sides = {}
+    for batching in ("on", "off"):
+        port = free_port()
+        cmd = [sys.executable, __file__, "--serve", "--port", str(port), "--batching", batching, "--preset", args.preset]
+        proc = subprocess.Popen(cmd + (["--quick"] if args.quick else []))
+        try:
+            wait_up(port, proc)
+            sides[batching] = [measure(port, n, tokens, args.timeout) for n in CLIENTS]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    on, off = sides["on"], sides["off"]
+    for row, other in zip(on, off, strict=True):
+        row["ratio_vs_off"] = round(row["tokens_per_s"] / other["tokens_per_s"], 2)
+    for side in (on, off):
+        for row in side:
+            row["scaling_vs_1"] = round(row["tokens_per_s"] / side[0]["tokens_per_s"], 2)
+    import torch
+
+    emit({"benchmark": "serve_throughput", "preset": args.preset, "tokens_per_client": tokens,
+          "batching_on": on, "batching_off": off, "machine": machine(torch.device("cpu"))})
+
+
+if __name__ == "__main__":
+    main()
