@@ -17,7 +17,6 @@ the event loop only moves bytes.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
