@@ -209,8 +209,21 @@ class Tokenizer:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the vocabulary and rules: two tokenizers with the same name can still differ."""
-        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:16]
+        """A hash of the vocabulary and rules: two tokenizers with the same name can still differ.
+
+        Added special tokens are left out: they give no ordinary text other ids, so token shards
+        prepared before they were added still mean the same thing.
+        """
+        added = self.added_tokens
+        if not added:
+            base = self.to_json()
+        elif self._hf is None:
+            base = json.dumps({"type": "tiktoken", "name": self.name}, indent=2) + "\n"  # to_json() without them
+        else:
+            hf = json.loads(self.to_json())
+            hf["added_tokens"] = [t for t in hf.get("added_tokens", []) if t.get("content") not in added]
+            base = tokenizers.Tokenizer.from_str(json.dumps(hf)).to_str(pretty=True)
+        return hashlib.sha256(base.encode("utf-8")).hexdigest()[:16]
 
     def save(self, folder: str | Path) -> None:
         """Write folder/tokenizer.json atomically (creating the folder); `load_tokenizer` reads it back."""
