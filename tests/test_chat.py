@@ -154,3 +154,222 @@ def test_check_messages_names_the_problem(messages, problem):
 
 def test_check_messages_accepts_a_conversation():
     check_messages(CONVERSATION)
+
+
+# -- growing the vocabulary ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_grown_rows_are_the_mean_and_old_rows_untouched(tied):
+    import torch
+
+    from psyduck.config import ModelConfig
+    from psyduck.model import GPT
+    from psyduck.train.finetune import load_grown
+
+    small = dict(block_size=16, d_model=32, n_layer=1, n_head=4, dropout=0.0)
+    torch.manual_seed(0)
+    base = GPT(ModelConfig(vocab_size=50, tie_embeddings=tied, head_bias=not tied, **small)).eval()
+    if not tied:
+        with torch.no_grad():
+            base.lm_head.bias.normal_()
+    grown = GPT(ModelConfig(vocab_size=54, tie_embeddings=tied, head_bias=not tied, **small)).eval()
+    load_grown(grown, base, first_new=50)
+    emb, old = grown.tok_emb.weight.detach(), base.tok_emb.weight.detach()
+    assert torch.equal(emb[:50], old)
+    assert torch.allclose(emb[50:], old.mean(0).expand(4, -1))
+    head = grown.lm_head.weight.detach()
+    assert torch.equal(head[:50], base.lm_head.weight.detach())
+    assert torch.allclose(head[50:], base.lm_head.weight.detach().mean(0).expand(4, -1))
+    assert (grown.lm_head.weight is grown.tok_emb.weight) == tied
+    if not tied:
+        assert torch.equal(grown.lm_head.bias[:50], base.lm_head.bias)
+        assert torch.allclose(grown.lm_head.bias[50:], base.lm_head.bias.mean().expand(4))
+    x = torch.randint(50, (2, 10))
+    with torch.no_grad():
+        assert torch.allclose(grown(x)[0][..., :50], base(x)[0], atol=1e-6)  # the same model on old tokens
+
+
+# -- the loss mask ---------------------------------------------------------------------------
+
+
+def test_masked_targets_give_no_loss_and_no_gradient():
+    import torch
+    import torch.nn.functional as F
+
+    from psyduck.config import ModelConfig
+    from psyduck.losses import FusedLoss, plain_loss
+    from psyduck.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=40, block_size=12, d_model=16, n_layer=1, n_head=2, dropout=0.0))
+    x = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 30, 31, 32, 33]])  # 30..33 appear only at the end
+    y = torch.tensor([[2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]])
+    masked = y.clone()
+    masked[0, 7:] = -1  # nothing at or after position 7 is graded
+    masked[0, :2] = -1
+    for loss_fn in (plain_loss, FusedLoss()):
+        model.zero_grad()
+        _, loss = model(x, masked, loss=loss_fn)
+        loss.backward()
+        logits = model(x)[0][0]
+        expected = F.cross_entropy(logits[2:7], y[0, 2:7])
+        assert torch.allclose(loss, expected, atol=1e-5)
+        grad = model.tok_emb.weight.grad
+        assert torch.count_nonzero(grad[30:34]) == 0  # read only where nothing is graded: no gradient
+        assert torch.count_nonzero(grad[3]) > 0
+        # what the masked targets say does not matter at all
+        other = masked.clone()
+        other[0, 7:] = -1
+        h = model.body(x).detach().requires_grad_(True)
+        _, l2 = loss_fn(h, model.lm_head, other)
+        l2.backward()
+        assert torch.count_nonzero(h.grad[0, 7:]) == 0 and torch.count_nonzero(h.grad[0, :2]) == 0
+        assert torch.count_nonzero(h.grad[0, 2:7]) > 0
+
+
+def test_packed_rows_grade_only_the_assistant(small_bpe):
+    from psyduck.data.chat_batches import ChatBatches, pack
+    from psyduck.data.chat_data import ChatSplits
+
+    tok = small_bpe.with_special_tokens(ROLE_MARKERS)
+    conv = [{"role": "user", "content": "What is Paris?"}, {"role": "assistant", "content": "The capital."}]
+    long = [{"role": "user", "content": "Tell me about X. " * 30}, {"role": "assistant", "content": "Rome."}]
+    batches = ChatBatches(ChatSplits(train=[conv] * 5 + [long], val=[conv]), tok, marker_template(), 40)
+    p = batches.packed["train"]
+    assert p.x.shape[1] == 40 and (p.x[:, 0] == tok.eot_id).all()  # rows start at a conversation
+    assert p.dropped == 1 and p.cut == 1  # the long one had no answer left within the context
+    assert tok.decode(p.y[0][p.y[0] != -1].tolist()) == "The capital.<|end|>" * tok.decode(p.x[0].tolist()).count("<|user|>")
+    assert batches.num_tokens("val") == len(tok.encode("The capital.")) + 1
+    assert batches.num_bytes("val") == len("The capital.<|end|>")
+    rows, masks, _, _ = pack([([1, 2, 3], [0, 1, 1])] * 3, block_size=6, pad_id=0, order_seed=0)
+    assert rows == [[1, 2, 3, 1, 2, 3, 0], [1, 2, 3, 0, 0, 0, 0]] and masks[1] == [0, 1, 1, 0, 0, 0, 0]
+
+
+# -- chat data -------------------------------------------------------------------------------
+
+
+def test_jsonl_conversations_and_bad_lines_by_number(tmp_path):
+    from psyduck.data.chat_data import load_chat_data, read_conversations
+
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "name": "x"}]}
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join([json.dumps(good)] * 3) + "\n\n")
+    assert read_conversations(path) == [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]] * 3
+    splits = load_chat_data(str(path))
+    assert len(splits.train) == 2 and len(splits.val) == 1
+    lines = [
+        json.dumps(good), "{not json", json.dumps({"text": "x"}), json.dumps({"messages": [{"role": "user", "content": "q"}]}),
+        json.dumps({"messages": [{"role": "bot", "content": "q"}]}),
+    ]
+    path.write_text("\n".join(lines))
+    with pytest.raises(PsyDuckError) as e:
+        read_conversations(path)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"{path} has 4 bad lines (line 2: not JSON")
+    assert 'line 3: not an object with a "messages" list' in message
+    assert "line 4: no assistant message to learn from" in message
+    assert "line 5: messages[0].role 'bot' is not one of system, user, assistant" in message
+    with pytest.raises(PsyDuckError, match="chat data not found: nope.jsonl"):
+        load_chat_data("nope.jsonl")
+
+
+def test_wiki_vital_qa_is_deterministic_and_holds_out_whole_articles():
+    from psyduck.data.chat_data import wiki_vital_qa
+
+    a, b = wiki_vital_qa(), wiki_vital_qa()
+    assert a == b
+    assert len(a.train) > 30_000 and 1_000 < len(a.val) < 3_000
+    subject = lambda c: c[0]["content"].split(" ", 2)[-1]  # noqa: E731
+    val_questions = {c[0]["content"] for c in a.val}
+    assert not val_questions & {c[0]["content"] for c in a.train}
+    kinds = {c[0]["content"].split(" ")[0] for c in a.train}
+    assert kinds == {"What", "Tell", "Describe"}
+    assert any(len(c) == 4 and c[2]["content"] == "Tell me more." for c in a.train)
+    paris = [c for c in a.train + a.val if c[0]["content"] == "What is Paris?"]
+    assert paris and paris[0][1]["content"].startswith("Paris is")
+    assert subject(a.val[0])
+    check_messages(a.val[0])
+
+
+# -- fine-tuning -----------------------------------------------------------------------------
+
+QUICK = ["eval_interval=10", "eval_iters=2", "sample_tokens=8", "batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def base_run(tiny_data, tmp_path_factory):
+    """A tiny model trained briefly on the corpus, with room for a conversation (64 tokens)."""
+    from psyduck.config import get_preset
+    from psyduck.train import train
+
+    run = tmp_path_factory.mktemp("chat") / "base"
+    cfg = get_preset("tiny").replace({"data.path": str(tiny_data), "max_iters": 60, "model.block_size": 64, **dict(q.split("=") for q in QUICK)})
+    train(cfg, run, progress=False)
+    return run
+
+
+def test_finetune_on_wiki_vital_qa_answers_held_out_questions_better(base_run, tmp_path):
+    import torch
+
+    from psyduck.chat import load_template
+    from psyduck.data.chat_batches import ChatBatches
+    from psyduck.data.chat_data import wiki_vital_qa
+    from psyduck.model import GPT
+    from psyduck.runs import load_run, read_run_config
+    from psyduck.train.finetune import finetune, held_out_loss, load_grown
+
+    out = tmp_path / "chat"
+    result = finetune(base_run, "wiki-vital-qa", out, ["max_iters=60", *QUICK], progress=False, max_conversations=3000)
+    assert result["step"] == 60
+    tuned, tok = load_run(out)
+    assert load_template(out) == marker_template() and tok.added_tokens.keys() == set(ROLE_MARKERS)
+    assert json.loads((out / "finetune.json").read_text())["chat"] == "wiki-vital-qa"
+    assert (out / "loss_curve.png").stat().st_size > 0 and "<|user|>" in (out / "samples.txt").read_text()
+    base_model, base_tok = load_run(base_run)
+    before = GPT(read_run_config(out).model).eval()
+    load_grown(before, base_model, base_tok.vocab_size)
+    val = ChatBatches(wiki_vital_qa(), tok, marker_template(), 64)
+    base_loss, tuned_loss = held_out_loss(before, val), held_out_loss(tuned, val)
+    assert tuned_loss < base_loss - 0.05, (base_loss, tuned_loss)  # measured: 5.39 -> 5.25
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40, 50, 60]
+    assert rows[0]["val_loss"] == pytest.approx(held_out_loss(before, val), abs=1.0)  # step 0 is the base model
+    with torch.no_grad():  # the ordinary text ids did not move
+        assert tok.encode("Paris is a city") == base_tok.encode("Paris is a city")
+
+
+def test_finetune_resumes_exactly(base_run, tmp_path, small_conversations):
+    import torch
+
+    from psyduck.runs import load_run
+    from psyduck.train.finetune import finetune
+
+    recipe = [*QUICK, "train.schedule=constant", "model.dropout=0.1"]  # dropout: the RNG must resume too
+    finetune(base_run, str(small_conversations), tmp_path / "straight", ["max_iters=20", *recipe], progress=False)
+    finetune(base_run, str(small_conversations), tmp_path / "split", ["max_iters=10", *recipe], progress=False)
+    finetune(base_run, str(small_conversations), tmp_path / "split", ["max_iters=20"], resume=True, progress=False)
+    rows = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("straight", "split")]
+    assert len(rows[0]) == len(rows[1]) == 3
+    assert [(r["step"], r["train_loss"], r["val_loss"]) for r in rows[0]] == [(r["step"], r["train_loss"], r["val_loss"]) for r in rows[1]]
+    a, b = load_run(tmp_path / "straight")[0].state_dict(), load_run(tmp_path / "split")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = tmp_path / "other.jsonl"
+    other.write_text(small_conversations.read_text().replace("Paris", "Lyon"))
+    with pytest.raises(PsyDuckError, match="was fine-tuned on other conversations"):
+        finetune(base_run, str(other), tmp_path / "split", ["max_iters=30"], resume=True, progress=False)
+
+
+@pytest.fixture()
+def small_conversations(tmp_path):
+    path = tmp_path / "conversations.jsonl"
+    lines = []
+    for i in range(40):
+        city = ["Paris", "Rome", "Berlin", "Madrid"][i % 4]
+        lines.append({"messages": [
+            {"role": "system", "content": "Answer in one line."},
+            {"role": "user", "content": f"What is {city}? ({i})"},
+            {"role": "assistant", "content": f"{city} is a capital city."},
+        ]})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
