@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
 from psyduck.chat import (
     ROLE_MARKERS,
@@ -373,3 +374,97 @@ def small_conversations(tmp_path):
         ]})
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def test_finetune_and_chat_commands(base_run, tmp_path, small_conversations):
+    out = tmp_path / "chat"
+    done = run_cli("finetune", str(base_run), "--chat", str(small_conversations), "--out", str(out), "--max-iters", "10",
+                   "--no-progress", *QUICK)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["step"] == 10
+    assert f"talk to it: psyduck chat {out}" in done.stderr
+    talk = chat_cli(str(out), "--seed", "1", "--max-new-tokens", "8", "--system", "Be brief.",
+                    stdin="What is Paris?\n\n/reset\n/nope\nAnd Rome?\n")
+    assert talk.returncode == 0, talk.stderr
+    assert len(talk.stdout.splitlines()) == 2  # one reply per question; empty lines and commands answer nothing
+    assert "(conversation cleared)" in talk.stderr and "unknown command /nope" in talk.stderr
+    assert "Traceback" not in talk.stderr
+    plain = chat_cli(str(base_run), "--max-new-tokens", "4", stdin="hello\n")  # a base model: plain template
+    assert plain.returncode == 0 and "plain User:/Assistant: template" in plain.stderr
+
+
+def chat_cli(*args: str, stdin: str):
+    """`psyduck chat ARGS` with `stdin` piped in (ending in end-of-input, as Ctrl-D does)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "psyduck", "chat", *args], input=stdin, capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=300)
+
+
+def test_fit_history_drops_the_oldest_turns_but_keeps_the_system_message(small_bpe):
+    from psyduck.chat_command import fit_history
+
+    tok = small_bpe.with_special_tokens(ROLE_MARKERS)
+    template = marker_template()
+    history = [{"role": "system", "content": "Be brief."}]
+    for i in range(10):
+        history += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]
+    history.append({"role": "user", "content": "last"})
+    ids = fit_history(template, tok, history, 60)
+    text = tok.decode(ids)
+    assert len(ids) <= 60 and text.startswith("<|endoftext|><|system|>Be brief.") and text.endswith("last<|end|>\n<|assistant|>")
+    assert "question 0" not in text
+    assert fit_history(template, tok, history[-1:], 2) == template.encode(tok, history[-1:])  # too long alone: kept whole
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--chat", "missing.jsonl"], "chat data not found: missing.jsonl"),
+        (["--chat", "wiki-vital-qa", "model.n_layer=3"], "architecture: model.n_layer cannot change (it is 2); only model.dropout may"),
+    ],
+)
+def test_finetune_errors_are_one_line(base_run, tmp_path, args, line):
+    done = run_cli("finetune", str(base_run), "--out", str(tmp_path / "x"), *args)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("psyduck: error: ") and line in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_finetune_refuses_bad_lines_and_its_own_base(base_run, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\n')
+    done = run_cli("finetune", str(base_run), "--chat", str(bad), "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr == f"psyduck: error: {bad} has 1 bad line (line 1: messages is empty; give at least one {{'role': 'user', 'content': ...}} message); fix or remove them\n"
+    done = run_cli("finetune", str(base_run), "--chat", "wiki-vital-qa", "--out", str(base_run))
+    assert done.stderr == f"psyduck: error: --out {base_run} is the base run itself; fine-tune into a new folder\n"
+
+
+def test_finetune_an_imported_hf_model(tiny_data, tmp_path, small_conversations):
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    from psyduck.interop.hf_import import import_hf
+    from psyduck.runs import load_run
+    from psyduck.train.finetune import finetune
+
+    tok = load_tokenizer(tiny_data)
+    folder = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                     bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    eot = "<|endoftext|>"
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tiny_data / "tokenizer.json"), bos_token=eot, eos_token=eot, unk_token=eot
+    ).save_pretrained(folder)
+    run = import_hf(folder, tmp_path / "imported")
+    finetune(run, str(small_conversations), tmp_path / "chat", ["max_iters=4", *QUICK], progress=False)
+    model, chat_tok = load_run(tmp_path / "chat")
+    assert model.config.vocab_size == tok.vocab_size + len(ROLE_MARKERS) == chat_tok.vocab_size
+    assert chat_tok.special_token_id("<|assistant|>") == tok.vocab_size + 2
