@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from psyduck.chat import ChatTemplate, Message
 from psyduck.cli import TRAIN_FLAGS
@@ -127,7 +127,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
         print()
 
 
-def register(subparsers) -> None:  # noqa: ANN001 (argparse's private subparsers type)
+def register(subparsers: Any) -> None:  # argparse's subparsers action (a private type)
     s = subparsers.add_parser(
         "finetune", help="fine-tune a run into a chat model (supervised, on conversations)",
         description="Supervised fine-tuning on conversations: role markers added to the tokenizer, loss on the "

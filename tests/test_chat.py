@@ -123,6 +123,21 @@ def test_jinja_renders_like_render(template, hf_settings):
             assert compiled.render(messages=messages, add_generation_prompt=gen) == template.render(messages, gen)
 
 
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)
+def test_transformers_apply_chat_template_agrees(template, small_bpe):
+    transformers = pytest.importorskip("transformers")
+    import tokenizers
+
+    tok = small_bpe.with_special_tokens(ROLE_MARKERS)
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer.from_str(tok.to_json()), eos_token="<|endoftext|>")
+    hf.chat_template = template.jinja
+    for gen in (True, False):
+        assert hf.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=gen) == template.render(CONVERSATION, gen)
+    ids = hf.apply_chat_template(CONVERSATION[:2], tokenize=True, add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # newer transformers return a BatchEncoding
+    assert list(ids) == template.encode(tok, CONVERSATION[:2])  # markers are single ids there too
+
+
 def test_template_saved_and_loaded(tmp_path):
     assert load_template(tmp_path) == plain_template()
     marker_template().save(tmp_path)
