@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from psyduck.chat import ChatTemplate, Message
 from psyduck.cli import TRAIN_FLAGS
+from psyduck.errors import PsyDuckError
 
 if TYPE_CHECKING:
     from psyduck.tokenizer import Tokenizer
@@ -35,6 +36,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     out = args.out or f"runs/{Path(args.run).name}-chat"
     flags = [f"{key}={getattr(args, name)}" for name, (key, _) in TRAIN_FLAGS.items()
              if name not in NOT_FOR_FINETUNE and getattr(args, name, None) is not None]
+    if args.minutes is not None:  # as `train --minutes`: a time budget in train.max_seconds
+        if getattr(args, "max_seconds", None) is not None:
+            raise PsyDuckError("--minutes and --max-seconds both set the time budget; give only one of them")
+        flags.append(f"train.max_seconds={args.minutes * 60.0}")
     result = finetune(
         args.run, args.chat, out, [*flags, *args.overrides], resume=args.resume, progress=not args.no_progress,
         max_conversations=args.max_conversations,
@@ -139,6 +144,7 @@ def register(subparsers: Any) -> None:  # argparse's subparsers action (a privat
     s.add_argument("--out", help="the new run folder (default runs/<run>-chat)")
     s.add_argument("--resume", action="store_true", help="continue the fine-tune in --out from its newest checkpoint")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--minutes", type=float, default=None, help="fine-tune for this long (train.max_seconds)")
     s.add_argument("--max-conversations", type=int, help="train on a fixed random subset of this many (quick trials)")
     for name, (_, typ) in TRAIN_FLAGS.items():
         if name not in NOT_FOR_FINETUNE:

@@ -483,3 +483,11 @@ def test_finetune_an_imported_hf_model(tiny_data, tmp_path, small_conversations)
     model, chat_tok = load_run(tmp_path / "chat")
     assert model.config.vocab_size == tok.vocab_size + len(ROLE_MARKERS) == chat_tok.vocab_size
     assert chat_tok.special_token_id("<|assistant|>") == tok.vocab_size + 2
+
+
+def test_finetune_minutes_and_max_seconds_conflict(base_run, tmp_path):
+    done = run_cli("finetune", str(base_run), "--chat", "wiki-vital-qa", "--out", str(tmp_path / "x"),
+                   "--minutes", "1", "--max-seconds", "5")
+    assert done.returncode == 2 and done.stderr == (
+        "psyduck: error: --minutes and --max-seconds both set the time budget; give only one of them\n"
+    )
