@@ -183,7 +183,7 @@ def test_grown_rows_are_the_mean_and_old_rows_untouched(tied):
     from psyduck.model import GPT
     from psyduck.train.finetune import load_grown
 
-    small = dict(block_size=16, d_model=32, n_layer=1, n_head=4, dropout=0.0)
+    small = {"block_size": 16, "d_model": 32, "n_layer": 1, "n_head": 4, "dropout": 0.0}
     torch.manual_seed(0)
     base = GPT(ModelConfig(vocab_size=50, tie_embeddings=tied, head_bias=not tied, **small)).eval()
     if not tied:
@@ -296,7 +296,6 @@ def test_wiki_vital_qa_is_deterministic_and_holds_out_whole_articles():
     a, b = wiki_vital_qa(), wiki_vital_qa()
     assert a == b
     assert len(a.train) > 30_000 and 1_000 < len(a.val) < 3_000
-    subject = lambda c: c[0]["content"].split(" ", 2)[-1]  # noqa: E731
     val_questions = {c[0]["content"] for c in a.val}
     assert not val_questions & {c[0]["content"] for c in a.train}
     kinds = {c[0]["content"].split(" ")[0] for c in a.train}
@@ -304,7 +303,6 @@ def test_wiki_vital_qa_is_deterministic_and_holds_out_whole_articles():
     assert any(len(c) == 4 and c[2]["content"] == "Tell me more." for c in a.train)
     paris = [c for c in a.train + a.val if c[0]["content"] == "What is Paris?"]
     assert paris and paris[0][1]["content"].startswith("Paris is")
-    assert subject(a.val[0])
     check_messages(a.val[0])
 
 
@@ -345,7 +343,7 @@ def test_finetune_on_wiki_vital_qa_answers_held_out_questions_better(base_run, t
     base_model, base_tok = load_run(base_run)
     before = GPT(read_run_config(out).model).eval()
     load_grown(before, base_model, base_tok.vocab_size)
-    val = ChatBatches(wiki_vital_qa(), tok, marker_template(), 64)
+    val = ChatBatches(wiki_vital_qa().limited(1), tok, marker_template(), 64)  # all held-out conversations
     base_loss, tuned_loss = held_out_loss(before, val), held_out_loss(tuned, val)
     assert tuned_loss < base_loss - 0.05, (base_loss, tuned_loss)  # measured: 5.39 -> 5.25
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -417,7 +415,7 @@ def chat_cli(*args: str, stdin: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "psyduck", "chat", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "psyduck", "chat", *args], check=False, input=stdin, capture_output=True, text=True,
                           env=os.environ.copy(), timeout=300)
 
 
@@ -437,27 +435,39 @@ def test_fit_history_drops_the_oldest_turns_but_keeps_the_system_message(small_b
     assert fit_history(template, tok, history[-1:], 2) == template.encode(tok, history[-1:])  # too long alone: kept whole
 
 
-@pytest.mark.parametrize(
-    ("args", "line"),
-    [
-        (["--chat", "missing.jsonl"], "chat data not found: missing.jsonl"),
-        (["--chat", "wiki-vital-qa", "model.n_layer=3"], "architecture: model.n_layer cannot change (it is 2); only model.dropout may"),
-    ],
-)
-def test_finetune_errors_are_one_line(base_run, tmp_path, args, line):
-    done = run_cli("finetune", str(base_run), "--out", str(tmp_path / "x"), *args)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.startswith("psyduck: error: ") and line in done.stderr and done.stderr.count("\n") == 1
+def finetune_error(capsys, *args: str) -> str:
+    """What `psyduck finetune ARGS` prints on stderr, run in this process; it must fail with status 2."""
+    from psyduck.cli import main
+
+    assert main(["finetune", *args]) == 2
+    return capsys.readouterr().err
 
 
-def test_finetune_refuses_bad_lines_and_its_own_base(base_run, tmp_path):
+def test_finetune_errors_are_one_line(base_run, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "x")]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": []}\n')
-    done = run_cli("finetune", str(base_run), "--chat", str(bad), "--out", str(tmp_path / "x"))
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr == f"psyduck: error: {bad} has 1 bad line (line 1: messages is empty; give at least one {{'role': 'user', 'content': ...}} message); fix or remove them\n"
-    done = run_cli("finetune", str(base_run), "--chat", "wiki-vital-qa", "--out", str(base_run))
-    assert done.stderr == f"psyduck: error: --out {base_run} is the base run itself; fine-tune into a new folder\n"
+    assert finetune_error(capsys, str(base_run), "--chat", str(bad), *out) == (
+        f"psyduck: error: {bad} has 1 bad line (line 1: messages is empty; give at least one "
+        "{'role': 'user', 'content': ...} message); fix or remove them\n"
+    )
+    assert finetune_error(capsys, str(base_run), "--chat", "wiki-vital-qa", "--out", str(base_run)) == (
+        f"psyduck: error: --out {base_run} is the base run itself; fine-tune into a new folder\n"
+    )
+    assert finetune_error(capsys, str(base_run), "--chat", "missing.jsonl", *out) == (
+        "psyduck: error: chat data not found: missing.jsonl; pass a .jsonl file of {\"messages\": [...]} lines "
+        "or wiki-vital-qa\n"
+    )
+    assert finetune_error(capsys, str(base_run), "--chat", "x.jsonl", "model.n_layer=3", *out) == (
+        f"psyduck: error: finetune keeps {base_run}'s architecture: model.n_layer cannot change (it is 2); "
+        "only model.dropout may\n"
+    )
+    assert finetune_error(capsys, str(base_run), "--chat", "x.jsonl", "--minutes", "1", "--max-seconds", "5", *out) == (
+        "psyduck: error: --minutes and --max-seconds both set the time budget; give only one of them\n"
+    )
+    assert finetune_error(capsys, str(tmp_path / "nothing"), "--chat", "x.jsonl", *out).startswith(
+        f"psyduck: error: run folder not found: {tmp_path / 'nothing'}"
+    )
 
 
 def test_finetune_an_imported_hf_model(tiny_data, tmp_path, small_conversations):
@@ -483,11 +493,3 @@ def test_finetune_an_imported_hf_model(tiny_data, tmp_path, small_conversations)
     model, chat_tok = load_run(tmp_path / "chat")
     assert model.config.vocab_size == tok.vocab_size + len(ROLE_MARKERS) == chat_tok.vocab_size
     assert chat_tok.special_token_id("<|assistant|>") == tok.vocab_size + 2
-
-
-def test_finetune_minutes_and_max_seconds_conflict(base_run, tmp_path):
-    done = run_cli("finetune", str(base_run), "--chat", "wiki-vital-qa", "--out", str(tmp_path / "x"),
-                   "--minutes", "1", "--max-seconds", "5")
-    assert done.returncode == 2 and done.stderr == (
-        "psyduck: error: --minutes and --max-seconds both set the time budget; give only one of them\n"
-    )

@@ -114,8 +114,16 @@ def fresh_setup(base: Path, overrides: list[str] | dict[str, Any]) -> tuple[Conf
     return cfg, tokenizer, marker_template()
 
 
-def resumed_setup(out: Path, chat: str, fingerprint: str, overrides: list[str] | dict[str, Any]) -> tuple[Config, Tokenizer, ChatTemplate]:
+def resumed_setup(out: Path, overrides: list[str] | dict[str, Any]) -> tuple[Config, Tokenizer, ChatTemplate]:
     """The saved config (flags on top), tokenizer and template of a fine-tune being resumed."""
+    saved = read_run_config(out)
+    cfg = apply_overrides(saved, overrides)
+    _check_architecture(saved, cfg, out)
+    return cfg, load_tokenizer(out), load_template(out)
+
+
+def check_same_data(out: Path, fingerprint: str) -> None:
+    """Refuse to resume on other conversations than the run started with (the batches would differ)."""
     try:
         record = json.loads((out / RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -125,7 +133,6 @@ def resumed_setup(out: Path, chat: str, fingerprint: str, overrides: list[str] |
             f"{out} was fine-tuned on other conversations ({record.get('chat')}); resume with the same --chat "
             "data, or fine-tune into a new --out"
         )
-    return apply_overrides(read_run_config(out), overrides), load_tokenizer(out), load_template(out)
 
 
 def sample_prompt(template: ChatTemplate, tokenizer: Tokenizer, splits: ChatSplits) -> tuple[str, list[int], tuple[str, ...]]:
@@ -156,10 +163,12 @@ def finetune(
     if base.resolve() == out.resolve():
         raise PsyDuckError(f"--out {out} is the base run itself; fine-tune into a new folder")
     overrides = dict(overrides) if isinstance(overrides, dict) else list(overrides)
+    resuming = resume and (out / "config.json").exists()
+    cfg, tokenizer, template = resumed_setup(out, overrides) if resuming else fresh_setup(base, overrides)
     splits = load_chat_data(chat).limited(max_conversations)
     fingerprint = data_fingerprint(splits)
-    resuming = resume and (out / "config.json").exists()
-    cfg, tokenizer, template = resumed_setup(out, chat, fingerprint, overrides) if resuming else fresh_setup(base, overrides)
+    if resuming:
+        check_same_data(out, fingerprint)
     batches = ChatBatches(splits, tokenizer, template, cfg.model.block_size, seed=cfg.train.seed)
 
     def init_weights(model: GPT) -> None:
