@@ -193,8 +193,9 @@ class Trainer:
 
     def sample(self) -> str:
         """A short continuation of SAMPLE_PROMPT, seeded, so samples.txt shows the same draw improving."""
-        text, ids, stop = self.feed.sample_prompt if self.feed else (SAMPLE_PROMPT, self.tokenizer.encode(SAMPLE_PROMPT), ())
-        params = GenerationParams(self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.cfg.train.seed, stop=stop)
+        plain = (SAMPLE_PROMPT, self.tokenizer.encode(SAMPLE_PROMPT), ())
+        text, ids, stop = self.feed.sample_prompt if self.feed else plain  # a feed's: e.g. a held-out question
+        params = GenerationParams(self.cfg.train.sample_tokens, 0.8, 50, seed=self.cfg.train.seed, stop=stop)
         return text + "".join(stream_text(self.model, self.tokenizer, ids, params))
 
     def save(self, reason: str = "eval", val_loss: float | None = None) -> Path:
@@ -391,16 +392,15 @@ def train(
     resume: bool = False,
     init_from: str | Path | None = None,
     progress: bool = True,
-    feed: Feed | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` into the run folder `out`; returns the last evaluation's numbers.
 
     `resume=True` continues the run in `out` from its newest loadable checkpoint (with `cfg=None`,
     using the config it saved). `init_from` starts from another run's weights with a fresh
     optimizer and schedule (fine-tuning on new data prepared with the same tokenizer). `cfg` itself
-    is left as it was. `feed` trains on something other than token shards (train/feed.py).
+    is left as it was.
     """
-    trainer = Trainer(cfg, out, resume=resume, init_from=init_from, progress=progress, feed=feed)
+    trainer = Trainer(cfg, out, resume=resume, init_from=init_from, progress=progress)
     try:
         result = trainer.run()
         trainer.dist.barrier()  # rank 0 may still be drawing or saving: leave together, or gloo hangs in teardown
