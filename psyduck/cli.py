@@ -347,13 +347,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 # Larger rooms (the HTTP server, exporters) keep their CLI wiring next to their code.
-PLUGIN_COMMANDS = ("psyduck.serve.command", "psyduck.export_command")
+PLUGIN_COMMANDS = ("psyduck.serve.command", "psyduck.export_command", "psyduck.chat_command")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)  # key=value overrides may sit between flags
-    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command != "train"]
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or args.command not in ("train", "finetune")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:

@@ -19,6 +19,11 @@ Design choices:
 - One special token, ``<|endoftext|>`` (``eot_id``). It separates documents in the token shards.
   `encode` treats the *characters* "<|endoftext|>" in user text as plain text, never as the special
   id: a document cannot forge a document boundary.
+- More special tokens can be added after the fact (`with_special_tokens`: the chat role markers of
+  psyduck/chat.py). They get the next free ids, above every existing one, so a model trained on
+  the old vocabulary keeps its rows; `special_token_id` finds them, and `encode` never produces them
+  from text either. A trained BPE records them in its Hugging Face file; cl100k_base in its pointer
+  file (``"added_tokens": {"<|user|>": 100277, ...}``).
 - ``tokenizer.json`` on disk: for a trained BPE it is the Hugging Face file itself (readable by
   `tokenizers.Tokenizer.from_file` and by `transformers`); for cl100k_base it is a two-line pointer
   ``{"type": "tiktoken", "name": "cl100k_base"}``, since the vocabulary ships with the library.
@@ -32,7 +37,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +74,17 @@ class Tokenizer:
         *,
         encoding: tiktoken.Encoding | None = None,
         hf: tokenizers.Tokenizer | None = None,
+        added: Mapping[str, int] | None = None,
     ) -> None:
         assert (encoding is None) != (hf is None), "give exactly one backend"
+        assert not added or encoding is not None, "a Hugging Face tokenizer keeps its own added tokens"
         self.name = name
         self.vocab_size = vocab_size
         self.eot_id = eot_id
         self._encoding = encoding
         self._hf = hf
+        self._added = dict(added or {})  # tiktoken only: special tokens added after cl100k_base's
+        self._added_text = {i: t for t, i in self._added.items()}
         if hf is not None:
             # Match "<|endoftext|>" in text as ordinary characters, not as the special token.
             hf.encode_special_tokens = True
@@ -92,6 +101,32 @@ class Tokenizer:
         vocab_size = hf.get_vocab_size(with_added_tokens=True)
         return cls(f"bpe-{vocab_size}", vocab_size, eot_id, hf=hf)
 
+    @property
+    def added_tokens(self) -> dict[str, int]:
+        """Special tokens added to the base vocabulary (`with_special_tokens`), text -> id."""
+        if self._hf is not None:
+            return {
+                t.content: i for i, t in self._hf.get_added_tokens_decoder().items() if t.special and t.content != EOT
+            }
+        return dict(self._added)
+
+    def special_token_id(self, text: str) -> int | None:
+        """The id of the special token spelled `text` (<|endoftext|> or an added one), None if there is none."""
+        if text == EOT:
+            return self.eot_id
+        return self.added_tokens.get(text)
+
+    def with_special_tokens(self, names: Iterable[str]) -> Tokenizer:
+        """A copy with these special tokens too: new ones get the next ids; existing ones keep theirs."""
+        added = self.added_tokens
+        new = [n for n in dict.fromkeys(names) if n != EOT and n not in added]
+        if self._hf is not None:
+            hf = tokenizers.Tokenizer.from_str(self._hf.to_str())
+            hf.add_special_tokens([tokenizers.AddedToken(n, special=True, normalized=False) for n in new])
+            return Tokenizer.from_hf(hf)
+        added.update({n: self.vocab_size + k for k, n in enumerate(new)})
+        return Tokenizer(self.name, self.vocab_size + len(new), self.eot_id, encoding=self._encoding, added=added)
+
     def tiktoken_parts(self) -> TiktokenParts | None:
         """What defines a tiktoken encoding (ranks, special tokens, split regex); None for a trained BPE.
 
@@ -100,7 +135,7 @@ class Tokenizer:
         if self._encoding is None:
             return None
         enc = self._encoding
-        specials = {name: enc.encode_single_token(name) for name in enc.special_tokens_set}
+        specials = {name: enc.encode_single_token(name) for name in enc.special_tokens_set} | self._added
         special_ids = set(specials.values())
         ranks = {}
         for i in range(enc.n_vocab):
@@ -144,17 +179,34 @@ class Tokenizer:
         """
         ids = [int(i) for i in ids]
         if self._encoding is not None:
-            try:
-                return self._encoding.decode(ids)
-            except KeyError:
-                return self._encoding.decode([i for i in ids if _defined(self._encoding, i)])
+            if not self._added_text or not self._added_text.keys() & set(ids):
+                return self._decode_tiktoken(ids)
+            parts, run = [], []
+            for i in ids:  # added tokens are not tiktoken's: decode the runs between them
+                if i in self._added_text:
+                    parts += [self._decode_tiktoken(run), self._added_text[i]]
+                    run = []
+                else:
+                    run.append(i)
+            return "".join([*parts, self._decode_tiktoken(run)])
         assert self._hf is not None
         return self._hf.decode(ids, skip_special_tokens=False)
 
+    def _decode_tiktoken(self, ids: list[int]) -> str:
+        """tiktoken's decode, skipping ids it does not define."""
+        assert self._encoding is not None
+        try:
+            return self._encoding.decode(ids)
+        except KeyError:
+            return self._encoding.decode([i for i in ids if _defined(self._encoding, i)])
+
     def to_json(self) -> str:
-        """The tokenizer.json text: a tiktoken reference, or the HF `tokenizers` file itself."""
+        """The tokenizer.json text: a tiktoken reference (with any added tokens), or the HF `tokenizers` file itself."""
         if self._encoding is not None:
-            return json.dumps({"type": "tiktoken", "name": self.name}, indent=2) + "\n"
+            pointer: dict[str, object] = {"type": "tiktoken", "name": self.name}
+            if self._added:
+                pointer["added_tokens"] = self._added
+            return json.dumps(pointer, indent=2) + "\n"
         assert self._hf is not None
         return self._hf.to_str(pretty=True)
 
@@ -165,13 +217,18 @@ class Tokenizer:
         For a trained BPE that is the model (vocabulary, merges and their options), the normalizer,
         the pre-tokenizer and the special tokens, not the file's text: key order, merges written
         as "a b" or ["a", "b"], offsets options and post-processors change no id, so an imported
-        model's tokenizer.json and an identical one trained here agree.
+        model's tokenizer.json and an identical one trained here agree. Added special tokens (the
+        chat roles) are left out: they give no ordinary text other ids, so token shards prepared
+        before they were added still mean the same thing.
         """
+        added = self.added_tokens
         if self._encoding is not None:
             basis: object = {"tiktoken": self.name}
         else:
             assert self._hf is not None
-            basis = _encoding_basis(json.loads(self._hf.to_str()))
+            spec = json.loads(self._hf.to_str())
+            spec["added_tokens"] = [t for t in spec.get("added_tokens") or [] if t.get("content") not in added]
+            basis = _encoding_basis(spec)
         return hashlib.sha256(json.dumps(basis, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
     def save(self, folder: str | Path) -> None:
@@ -346,7 +403,14 @@ def load_tokenizer(folder: str | Path, fix: str | None = None) -> Tokenizer:
     if data.get("type") == "tiktoken":
         if data.get("name") not in TIKTOKEN_TOKENIZERS:
             raise PsyDuckError(f"tokenizer file {path} names unknown tiktoken encoding {data.get('name')!r}; {fix}")
-        return TIKTOKEN_TOKENIZERS[data["name"]]()
+        name = data["name"]
+        added = data.get("added_tokens", {})
+        base = TIKTOKEN_TOKENIZERS[name]()
+        if not isinstance(added, dict) or any(not isinstance(i, int) or i < base.vocab_size for i in added.values()):
+            raise PsyDuckError(f"tokenizer file {path} has malformed added_tokens (ids must follow {name}'s); {fix}")
+        if not added:
+            return base
+        return Tokenizer(name, max(added.values()) + 1, base.eot_id, encoding=base._encoding, added=added)
     try:
         hf = tokenizers.Tokenizer.from_str(text)
     except Exception as e:  # the Rust side raises plain Exception

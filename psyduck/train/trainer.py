@@ -45,6 +45,7 @@ from psyduck.model import GPT
 from psyduck.tokenizer import Tokenizer, load_tokenizer
 from psyduck.train.clock import Timetable, format_seconds
 from psyduck.train.distributed import Distributed
+from psyduck.train.feed import Batches, Feed
 from psyduck.train.state import load_training_checkpoint, save_training_checkpoint
 from psyduck.train.step import StepSetup, is_out_of_memory, lr_at, make_optimizer, out_of_memory_advice, train_step
 from psyduck.train.task_scores import TaskScorer
@@ -69,8 +70,10 @@ class Trainer:
         init_from: str | Path | None = None,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
+        feed: Feed | None = None,
     ) -> None:
         self.out = Path(out)
+        self.feed = feed  # data other than token shards (psyduck finetune); see feed.py
         self.dist = Distributed.from_env()
         self.log_fn = log or _to_stderr
         self.progress = progress and self.dist.main
@@ -109,8 +112,10 @@ class Trainer:
             raise PsyDuckError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         return cfg, None
 
-    def _open_data(self) -> tuple[TokenData, Tokenizer]:
+    def _open_data(self) -> tuple[Batches, Tokenizer]:
         """Open the token shards, check they speak the run's tokenizer, and size the vocabulary."""
+        if self.feed is not None:  # the feed's maker has sized the vocabulary and checked its data
+            return self.feed.batches, self.feed.tokenizer
         cfg = self.cfg
         data = TokenData(cfg.data.path)
         tokenizer = load_tokenizer(Path(cfg.data.path))
@@ -138,6 +143,8 @@ class Trainer:
                 raise PsyDuckError(f"{self.init_from} has no loadable checkpoint to start from")
             load_weights(self.model, init_ckpt / "model.safetensors")
             self.log(f"initialized weights from {init_ckpt}")
+        elif self.feed is not None and self.resume_from is None:
+            self.feed.init_weights(self.model)
         self.optimizer = make_optimizer(self.model, t, self.device)
         self.step = 0
         self.tokens_seen = 0
@@ -199,9 +206,10 @@ class Trainer:
 
     def sample(self) -> str:
         """A short continuation of SAMPLE_PROMPT, seeded, so samples.txt shows the same draw improving."""
-        params = GenerationParams(self.cfg.train.sample_tokens, temperature=0.8, top_k=50, seed=self.cfg.train.seed)
-        ids = self.tokenizer.encode(SAMPLE_PROMPT)
-        return SAMPLE_PROMPT + "".join(stream_text(self.model, self.tokenizer, ids, params))
+        plain = (SAMPLE_PROMPT, self.tokenizer.encode(SAMPLE_PROMPT), ())
+        text, ids, stop = self.feed.sample_prompt if self.feed else plain  # a feed's: e.g. a held-out question
+        params = GenerationParams(self.cfg.train.sample_tokens, 0.8, 50, seed=self.cfg.train.seed, stop=stop)
+        return text + "".join(stream_text(self.model, self.tokenizer, ids, params))
 
     def save(self, reason: str = "eval", val_loss: float | None = None) -> Path:
         """Checkpoint now (rank 0 writes; others wait)."""
@@ -252,7 +260,7 @@ class Trainer:
         return old
 
     def resume_command(self) -> str:
-        return f"psyduck train --out {self.out} --resume"
+        return self.feed.resume_command if self.feed else f"psyduck train --out {self.out} --resume"
 
     # -- the loop -----------------------------------------------------------------------------
 
