@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
+
+from psyduck.chat import plain_template
 from test_serve import RUN_NAME, loaded, make_app, run_dir, serving  # noqa: F401  # noqa: F401
 
-HELLO = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat"}]
+HELLO = [{"role": "system", "content": "brief"}, {"role": "user", "content": "the cat"}]
 
 
 @pytest.fixture(scope="module", params=["on", "off"])
@@ -28,7 +30,7 @@ def test_chat_plain_and_streamed_agree(chat_client, loaded):
     r = chat_client.chat.completions.create(model=RUN_NAME, messages=HELLO, max_tokens=12, temperature=0)
     c = r.choices[0]
     assert r.object == "chat.completion" and c.message.role == "assistant" and c.finish_reason in ("stop", "length")
-    prompt = tok.encode("System: be brief\nUser: the cat\nAssistant:")
+    prompt = plain_template().encode(tok, HELLO)  # a run without a template of its own
     assert r.usage.prompt_tokens == len(prompt) and 0 < r.usage.completion_tokens <= 12
     chunks = list(chat_client.chat.completions.create(
         model=RUN_NAME, messages=HELLO, max_completion_tokens=12, temperature=0, stream=True,
@@ -59,8 +61,8 @@ def test_chat_logprobs(chat_client):
 
 
 @pytest.mark.parametrize(("messages", "fragment"), [
-    ([], "non-empty list"),
-    ([{"role": "wizard", "content": "hi"}], "role 'wizard'"),
+    ([], "messages is empty"),
+    ([{"role": "wizard", "content": "hi"}], "role 'wizard' is not one of"),
     ([{"role": "user", "content": 3}], "content must be a string"),
     ([{"role": "user", "content": "the " * 5000}], "tokens long"),
 ])
