@@ -267,17 +267,21 @@ def peer_targets(cpu: list[dict], nano: list[dict], budget: float) -> dict:
 
 
 def plot(curves: dict, names: dict, finals: dict[str, float], path: Path, minutes: float) -> None:
-    """All sides' curves, with dashed lines at the finals the targets are measured against."""
+    """All sides' curves, with a dashed line (in the side's colour) at each final the targets are
+    measured against; `finals` maps a side key, or "target" for a --target-bpb, to the value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    colors = {}
     for k, rows in curves.items():
-        ax.plot([r["time_s"] / 60 for r in rows], [r["bpb"] for r in rows], "-o", ms=3, label=names[k])
-    for (label, value), color in zip(finals.items(), ("grey", "tab:green")):
-        ax.axhline(value, color=color, ls="--", lw=1, label=f"{label}'s final: {value:.3f}")
+        (line,) = ax.plot([r["time_s"] / 60 for r in rows], [r["bpb"] for r in rows], "-o", ms=3, label=names[k])
+        colors[k] = line.get_color()
+    for k, value in finals.items():
+        label = f"{names[k].split(' (')[0]}'s final" if k in names else "target"
+        ax.axhline(value, color=colors.get(k, "grey"), ls="--", lw=1, label=f"{label}: {value:.3f}")
     ax.set_xlabel("training time (minutes, evaluation excluded)")
     ax.set_ylabel("val bits per byte")
     ax.set_title(f"Time to quality on the embedded corpus ({minutes:g} min budget)")
@@ -319,23 +323,26 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_sides(args: argparse.Namespace, device, dtype, run_dir: Path) -> dict:  # noqa: ANN001
+def build_sides(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, run_dir: Path) -> dict:
+    """The sides named by --sides, in SIDES' order; with --compile, each model compiled (cpu-small
+    through its own config, train.compile; the others by wrapping the module they train)."""
     sides: dict = {}
     if "seed" in args.sides:
         sides["seed"] = SeedRecipe(device, dtype)
-        if args.compile:  # cpu-small compiles through its own config (train.compile)
-            sides["seed"].model.forward = torch.compile(sides["seed"].model.forward)
     if "cpu-small" in args.sides:
         extra = ["train.compile=true"] if args.compile else []
         sides["cpu-small"] = CpuSmall(device, dtype, args.overrides + extra, run_dir)
     if "nanogpt" in args.sides:
-        sides["nanogpt"] = NanoGPTRecipe(bench_data("bpe-8192"), device, hardware.autocast(device, dtype))
-        if args.compile:
-            sides["nanogpt"].model.forward = torch.compile(sides["nanogpt"].model.forward)
+        sides["nanogpt"] = NanoGPTRecipe(bench_data(NanoGPTRecipe.tokenizer), device, hardware.autocast(device, dtype))
+    if args.compile:
+        for k in ("seed", "nanogpt"):
+            if k in sides:
+                sides[k].model = torch.compile(sides[k].model)
     return sides
 
 
-def side_summary(side, rows: list[dict], target: float | None) -> dict:  # noqa: ANN001
+def side_summary(side: SeedRecipe | CpuSmall | NanoGPTRecipe, rows: list[dict], target: float | None) -> dict:
+    """One side's figures for the JSON: size, steps, final and best bits per byte, time to target, curve."""
     return {
         "name": side.name,
         "tokenizer": side.tokenizer,
@@ -367,9 +374,9 @@ def main() -> None:
     if "cpu-small" in sides:
         summary["cpu-small"]["config"] = {"model": vars(sides["cpu-small"].cfg.model), "train": vars(sides["cpu-small"].cfg.train),
                                           "overrides": args.overrides}
-    finals = {"seed recipe": target} if target is not None else {}
-    if "nanogpt" in curves:
-        finals["nanoGPT recipe"] = curves["nanogpt"][-1]["bpb"]
+    finals = {k: curves[k][-1]["bpb"] for k in ("seed", "nanogpt") if k in curves}
+    if "seed" not in curves and target is not None:
+        finals["target"] = target
     plot(curves, {k: s.name for k, s in sides.items()}, finals, Path(args.png), args.minutes)
     out = {
         "benchmark": "time_to_quality",

@@ -12,7 +12,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from baselines.nanogpt_recipe import NanoConfig, NanoGPT, NanoRecipe, lr_at, nanogpt_optimizer  # noqa: E402
+from baselines.nanogpt_recipe import (
+    NanoConfig,
+    NanoGPT,
+    NanoRecipe,
+    lr_at,
+    nanogpt_optimizer,
+)
 
 
 def test_parameter_count_is_the_readme_models():

@@ -28,12 +28,13 @@ the decay's progress as a fraction, so the benchmark can run it over a time budg
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 if TYPE_CHECKING:  # only a type hint: importing psyduck here would bypass common.py's path setup
     from psyduck.data.loader import TokenData
@@ -184,7 +185,7 @@ class NanoGPTRecipe:
     name = "nanoGPT recipe (README CPU recipe, BPE-8192)"
     tokenizer = "bpe-8192"
 
-    def __init__(self, data: TokenData, device: torch.device, autocast: ContextManager, seed: int = 1337) -> None:
+    def __init__(self, data: TokenData, device: torch.device, autocast: AbstractContextManager, seed: int = 1337) -> None:
         self.data, self.device, self.autocast = data, device, autocast
         self.cfg = NanoSetup(model=NanoConfig(vocab_size=data.vocab_size), train=NanoRecipe())
         torch.manual_seed(seed)
