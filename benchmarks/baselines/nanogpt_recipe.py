@@ -8,7 +8,8 @@ description (no code copied), so that benchmarks/time_to_quality.py can measure 
 The model (GPT-2's architecture, small):
 - token embedding + *learned* position embedding, dropout;
 - n_layer pre-LayerNorm blocks: x = x + Attn(LN(x)); x = x + MLP(LN(x)), LayerNorm and Linear
-  layers with biases;
+  layers with biases, as GPT-2 has them (nanoGPT's training script defaults to none; `bias=False`
+  gives that variant, 5,760 parameters fewer);
 - causal self-attention: one Linear makes q, k and v for all heads, then
   `F.scaled_dot_product_attention(is_causal=True)`, then an output projection;
 - MLP: Linear d -> 4d, GELU, Linear 4d -> d;
