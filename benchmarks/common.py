@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -16,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,3 +138,47 @@ def rounded(obj, digits: int = 4):  # noqa: ANN001
     if isinstance(obj, (list, tuple)):
         return [rounded(v, digits) for v in obj]
     return obj
+
+
+class HeldOut:
+    """The first documents of the val split, as windows, and their UTF-8 byte count.
+
+    The split is per document and does not depend on the tokenizer, so sides with different
+    tokenizers score the same text; bits per byte (summed nats / ln 2 / UTF-8 bytes) makes their
+    losses comparable. Used by time_to_quality.py for every side.
+    """
+
+    def __init__(self, data: TokenData, min_bytes: int, block_size: int, batch_size: int) -> None:
+        tok = data.tokenizer()
+        val = np.asarray(data.tokens("val")).astype(np.int64)
+        ends = np.flatnonzero(val == data.eot_id)
+        text_bytes, n_docs, start = 0, 0, 0
+        for end in ends:
+            text_bytes += len(tok.decode(val[start:end].tolist()).encode("utf-8"))
+            n_docs += 1
+            start = end + 1
+            if text_bytes >= min_bytes:
+                break
+        ids = val[:start]  # whole documents, each followed by its end-of-text token
+        first = len(tok.decode(ids[:1].tolist()).encode("utf-8"))  # the first token is never predicted
+        self.documents, self.bytes, self.tokens = n_docs, text_bytes - first, len(ids) - 1
+        self.text_sha = hash(tok.decode(ids.tolist()))  # same documents on both sides (checked by the caller)
+        T = block_size
+        xs, ys = [], []
+        for s in range(0, len(ids) - 1, T):
+            w = ids[s : s + T + 1]
+            x = np.zeros(T, dtype=np.int64)
+            y = np.full(T, -1, dtype=np.int64)  # a short last window is padded; -1 is not scored
+            x[: len(w) - 1], y[: len(w) - 1] = w[:-1], w[1:]
+            xs.append(x)
+            ys.append(y)
+        X, Y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        self.batches = [(X[i : i + batch_size], Y[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+
+    @torch.no_grad()
+    def bits_per_byte(self, loss_sum, device, autocast) -> float:  # noqa: ANN001
+        nats = 0.0
+        for x, y in self.batches:
+            with autocast:
+                nats += float(loss_sum(x.to(device), y.to(device)))
+        return nats / math.log(2) / self.bytes

@@ -1,12 +1,13 @@
-"""Time to quality: the seed recipe vs PsyDuck's `cpu-small`, same wall-clock budget, same held-out text.
+"""Time to quality: the seed recipe, PsyDuck's `cpu-small` and nanoGPT's recipe, same clock, same text.
 
-    python benchmarks/time_to_quality.py                  # 10 minutes of training per side (about 25 min in all)
+    python benchmarks/time_to_quality.py                  # 10 minutes of training per side (about 35 min in all)
     python benchmarks/time_to_quality.py --minutes 3      # shorter budgets (used for the cpu-small sweep)
     python benchmarks/time_to_quality.py --quick          # smoke run, under two minutes
+    python benchmarks/time_to_quality.py --sides cpu-small,nanogpt --minutes 5
     python benchmarks/time_to_quality.py --only cpu-small --target-bpb 2.16 --minutes 2 lr=3e-3 n_layer=4
     python benchmarks/time_to_quality.py --device cuda
 
-The two sides:
+The three sides (`--sides`, default all):
 - seed recipe: the seed-style baseline model (benchmarks/baselines/seed_gpt.py) at `seed-60m`
   (cl100k_base, d 256, 12 blocks, context 128, dropout 0.1), trained the seed's way: batch 16,
   AdamW default constructor at a constant 3e-4, full logits + cross-entropy. (The faithful choice;
@@ -16,22 +17,35 @@ The two sides:
   The cosine schedule is defined over max_iters, so before each step after warm-up the benchmark
   sets max_iters such that the schedule's progress equals the fraction of the time budget spent
   (the learning rate reaches min_lr when the budget ends, whatever the step time turns out to be).
+- nanogpt: the peer. nanoGPT's model and the CPU recipe of nanoGPT's README, rewritten here from
+  that description (benchmarks/baselines/nanogpt_recipe.py: 4 layers, 4 heads, width 128, context
+  64, batch 12, AdamW 1e-3 cosine to 1e-4, warm-up 100 steps, beta2 0.99, weight decay 0.1 on 2-D
+  weights, clipping 1.0; 1.8M parameters) on its own byte-level BPE-8192 of the same corpus.
+  nanoGPT's README runs the cosine over a fixed 2,000 iterations; HERE it runs over the time
+  budget exactly as cpu-small's does (progress = the fraction of the budget spent), so neither
+  side is judged with an unfinished or an early-finished schedule.
 
-Both train on the embedded corpus (wiki-vital), prepared into data/bench-cl100k and
+Targets (issue 21; in the JSON as `peer_targets` when cpu-small and nanogpt both run):
+cpu-small's bits per byte at least 5% below the nanoGPT side's at 2 and 5 minutes and 10% below
+at 10 minutes (percent below = (nanogpt - cpu-small) / nanogpt), and cpu-small reaching the
+nanoGPT side's final value within 4 minutes. Times past a shorter budget read null.
+
+All train on the embedded corpus (wiki-vital), prepared into data/bench-cl100k and
 data/bench-bpe<N>. Method:
 - the sides take turns (whichever has used less of its own training time steps next), so load
-  from other processes falls on both alike; each side's clock counts only its own training steps,
+  from other processes falls on all alike; each side's clock counts only its own training steps,
   never evaluation;
-- evaluation: the first documents of the validation split (the same documents for both
-  tokenizers: the split is per document and does not depend on the tokenizer), at least
+- evaluation: the first documents of the validation split (the same documents for every
+  tokenizer: the split is per document and does not depend on the tokenizer), at least
   `--eval-bytes` UTF-8 bytes of them, every token predicted once from non-overlapping windows;
   bits per byte = summed loss (nats) / ln 2 / the UTF-8 bytes of the predicted text. Evaluated at
-  the same own-clock times on both sides: densely early, then every budget/10;
+  the same own-clock times on every side: densely early, then every budget/10 (and at 2 and 5
+  minutes, the targets' times);
 - time to target: the seed recipe's final bits per byte is the target; for each side, the first
   own-clock time its curve reaches it (linear interpolation between evaluations).
   ratio = cpu-small's time to target / the seed recipe's. final_ratio = cpu-small's final bits per
   byte / the seed recipe's.
-Outputs: both curves on stderr and in the JSON, and a PNG (`--png`, default runs/time_to_quality.png).
+Outputs: every side's curve and final bits per byte on stderr and in the JSON, and a PNG (`--png`, default runs/time_to_quality.png).
 """
 
 from __future__ import annotations
@@ -45,63 +59,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from baselines.nanogpt_recipe import NanoGPTRecipe  # noqa: E402
 from baselines.seed_gpt import SeedGPT, seed_optimizer  # noqa: E402
-from common import REPO, add_common_args, bench_data, data_folder, emit, machine, rounded, setup  # noqa: E402
+from common import REPO, HeldOut, add_common_args, bench_data, data_folder, emit, machine, rounded, setup  # noqa: E402
 
 from psyduck import hardware  # noqa: E402
 from psyduck.config import get_preset  # noqa: E402
-from psyduck.data.loader import TokenData  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
-# The held-out text
-# ---------------------------------------------------------------------------------------------
-
-class HeldOut:
-    """The first documents of the val split, as windows, and their UTF-8 byte count."""
-
-    def __init__(self, data: TokenData, min_bytes: int, block_size: int, batch_size: int) -> None:
-        tok = data.tokenizer()
-        val = np.asarray(data.tokens("val")).astype(np.int64)
-        ends = np.flatnonzero(val == data.eot_id)
-        text_bytes, n_docs, start = 0, 0, 0
-        for end in ends:
-            text_bytes += len(tok.decode(val[start:end].tolist()).encode("utf-8"))
-            n_docs += 1
-            start = end + 1
-            if text_bytes >= min_bytes:
-                break
-        ids = val[:start]  # whole documents, each followed by its end-of-text token
-        first = len(tok.decode(ids[:1].tolist()).encode("utf-8"))  # the first token is never predicted
-        self.documents, self.bytes, self.tokens = n_docs, text_bytes - first, len(ids) - 1
-        self.text_sha = hash(tok.decode(ids.tolist()))  # same documents on both sides (checked by the caller)
-        T = block_size
-        xs, ys = [], []
-        for s in range(0, len(ids) - 1, T):
-            w = ids[s : s + T + 1]
-            x = np.zeros(T, dtype=np.int64)
-            y = np.full(T, -1, dtype=np.int64)  # a short last window is padded; -1 is not scored
-            x[: len(w) - 1], y[: len(w) - 1] = w[:-1], w[1:]
-            xs.append(x)
-            ys.append(y)
-        X, Y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
-        self.batches = [(X[i : i + batch_size], Y[i : i + batch_size]) for i in range(0, len(X), batch_size)]
-
-    @torch.no_grad()
-    def bits_per_byte(self, loss_sum, device, autocast) -> float:  # noqa: ANN001
-        nats = 0.0
-        for x, y in self.batches:
-            with autocast:
-                nats += float(loss_sum(x.to(device), y.to(device)))
-        return nats / math.log(2) / self.bytes
-
-
-# ---------------------------------------------------------------------------------------------
-# The two runners
+# The sides
 # ---------------------------------------------------------------------------------------------
 
 class SeedRecipe:
@@ -138,6 +108,9 @@ class SeedRecipe:
     def eval_mode(self, on: bool) -> None:
         self.model.train(not on)
 
+    def set_progress(self, fraction: float) -> None:
+        """A constant learning rate: nothing depends on the time spent."""
+
 
 class CpuSmall:
     name = "PsyDuck cpu-small"
@@ -172,19 +145,23 @@ class CpuSmall:
     def eval_mode(self, on: bool) -> None:
         self.model.train(not on)
 
+    def set_progress(self, fraction: float) -> None:
+        fit_schedule(self.cfg.train, self.step, fraction)
+
 
 # ---------------------------------------------------------------------------------------------
 # The race
 # ---------------------------------------------------------------------------------------------
 
 def eval_times(budget: float, quick: bool = False) -> list[float]:
-    """Own-clock seconds at which to evaluate: dense in the first fifth, then every tenth
-    (with --quick: every quarter)."""
+    """Own-clock seconds at which to evaluate: dense in the first fifth, then every tenth, and at
+    the targets' minutes (with --quick: every quarter)."""
     if quick:
         return [budget * k / 4 for k in range(5)]
     dense = [budget * k / 50 for k in range(1, 10)]
     regular = [budget * k / 10 for k in range(1, 11)]
-    return sorted(set([0.0] + dense + regular))
+    targets = [m * 60.0 for m in PERCENT_BELOW_GOALS if m * 60.0 < budget]
+    return sorted(set([0.0] + dense + regular + targets))
 
 
 def first_time_at_or_below(curve: list[dict], target: float) -> float | None:
@@ -206,7 +183,7 @@ def fit_schedule(t, step: int, fraction: float) -> None:  # noqa: ANN001 - a Tra
     t.max_iters = t.warmup_iters + max(done + 1, math.ceil(done / max(fraction, 1e-9)))
 
 
-def race(sides: dict, held: dict, budget: float, device, autocast, timed_schedule: str | None, quick: bool = False) -> dict:  # noqa: ANN001
+def race(sides: dict, held: dict, budget: float, device, autocast, quick: bool = False) -> dict:  # noqa: ANN001
     clock = {k: 0.0 for k in sides}
     losses = {k: [] for k in sides}
     curves = {k: [] for k in sides}
@@ -222,7 +199,7 @@ def race(sides: dict, held: dict, budget: float, device, autocast, timed_schedul
         row = {"time_s": clock[k], "step": s.step, "bpb": bpb,
                "train_loss": sum(window) / len(window) if window else None, "eval_s": time.perf_counter() - t0}
         curves[k].append(row)
-        print(f"[time_to_quality] {k:9s} t={clock[k]:7.1f}s step {s.step:5d} val bpb {bpb:.4f}", file=sys.stderr, flush=True)
+        print(f"[time_to_quality] {k:10s} t={clock[k]:7.1f}s step {s.step:5d} val bpb {bpb:.4f}", file=sys.stderr, flush=True)
 
     while True:
         for k in sides:  # an evaluation that is due (one, however many due times a long step passed)
@@ -234,8 +211,7 @@ def race(sides: dict, held: dict, budget: float, device, autocast, timed_schedul
         if not active:
             break
         k = min(active, key=lambda name: clock[name])
-        if k == timed_schedule:
-            fit_schedule(sides[k].cfg.train, sides[k].step, clock[k] / budget)
+        sides[k].set_progress(clock[k] / budget)
         hardware.sync(device)
         t0 = time.perf_counter()
         loss = sides[k].train_step()
@@ -251,17 +227,61 @@ def race(sides: dict, held: dict, budget: float, device, autocast, timed_schedul
     return curves
 
 
-def plot(curves: dict, names: dict, target: float | None, path: Path, minutes: float) -> None:
+def bpb_at(curve: list[dict], t: float) -> float | None:
+    """The curve's bits per byte at own-clock time t (linear between evaluations); None past its end."""
+    for prev, cur in zip(curve, curve[1:]):
+        if prev["time_s"] <= t <= cur["time_s"]:
+            span = cur["time_s"] - prev["time_s"]
+            f = (t - prev["time_s"]) / span if span > 0 else 1.0
+            return prev["bpb"] + f * (cur["bpb"] - prev["bpb"])
+    return None
+
+
+# Issue 21's targets: minutes -> how far below the nanoGPT side cpu-small must be (percent), and the
+# most seconds cpu-small may take to reach the nanoGPT side's final value.
+PERCENT_BELOW_GOALS = {2: 5.0, 5: 5.0, 10: 10.0}
+TIME_TO_PEER_FINAL_GOAL_S = 240.0
+
+
+def peer_targets(cpu: list[dict], nano: list[dict], budget: float) -> dict:
+    """cpu-small against the nanoGPT side of the same run: percent below at 2, 5 and 10 minutes
+    (null where the budget is shorter) and at the budget's end, and the time cpu-small takes to
+    reach the nanoGPT side's final bits per byte, each with whether issue 21's goal is met."""
+    def below(t: float) -> float | None:
+        c, n = bpb_at(cpu, t), bpb_at(nano, t)
+        return 100.0 * (n - c) / n if c is not None and n is not None else None
+
+    percent = {f"{m}min": below(m * 60.0) for m in PERCENT_BELOW_GOALS}
+    met = {f"{m}min": (percent[f"{m}min"] >= goal if percent[f"{m}min"] is not None else None)
+           for m, goal in PERCENT_BELOW_GOALS.items()}
+    reach = first_time_at_or_below(cpu, nano[-1]["bpb"])
+    return {
+        "percent_below_nanogpt": {**percent, "end": below(budget)},
+        "goal_percent_below": {f"{m}min": g for m, g in PERCENT_BELOW_GOALS.items()},
+        "met_percent_below": met,
+        "nanogpt_final_bpb": nano[-1]["bpb"],
+        "cpu_small_time_to_nanogpt_final_s": reach,
+        "goal_time_to_nanogpt_final_s": TIME_TO_PEER_FINAL_GOAL_S,
+        "met_time_to_nanogpt_final": reach is not None and reach <= TIME_TO_PEER_FINAL_GOAL_S,
+    }
+
+
+def plot(curves: dict, names: dict, finals: dict[str, float], path: Path, minutes: float) -> None:
+    """All sides' curves, with a dashed line (in the side's colour) at each final the targets are
+    measured against; `finals` maps a side key, or "target" for a --target-bpb, to the value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    colors = {}
     for k, rows in curves.items():
-        ax.plot([r["time_s"] / 60 for r in rows], [r["bpb"] for r in rows], "-o", ms=3, label=names[k])
-    if target is not None:
-        ax.axhline(target, color="grey", ls="--", lw=1, label=f"seed recipe's final: {target:.3f}")
+        (line,) = ax.plot([r["time_s"] / 60 for r in rows], [r["bpb"] for r in rows], "-o", ms=3, label=names[k])
+        colors[k] = line.get_color()
+    for k, value in finals.items():
+        label = f"{names[k].split(' (')[0]}'s final" if k in names else "target"
+        ax.axhline(value, color=colors.get(k, "grey"), ls="--", lw=1, label=f"{label}: {value:.3f}")
     ax.set_xlabel("training time (minutes, evaluation excluded)")
     ax.set_ylabel("val bits per byte")
     ax.set_title(f"Time to quality on the embedded corpus ({minutes:g} min budget)")
@@ -272,76 +292,111 @@ def plot(curves: dict, names: dict, target: float | None, path: Path, minutes: f
     plt.close(fig)
 
 
-def main() -> None:
+SIDES = ("seed", "cpu-small", "nanogpt")
+
+
+def side_list(text: str) -> list[str]:
+    """--sides: a comma-separated subset of SIDES, kept in SIDES' order."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SIDES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown side(s) {', '.join(unknown) or '(none)'}; choose from {','.join(SIDES)}")
+    return [n for n in SIDES if n in names]
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per side (default 10)")
-    p.add_argument("--only", choices=["seed", "cpu-small"], help="train one side only")
-    p.add_argument("--target-bpb", type=float, help="with --only cpu-small: the seed recipe's final bpb to race (e.g. 2.16)")
+    p.add_argument("--sides", type=side_list, default=list(SIDES),
+                   help=f"comma-separated sides to train (default {','.join(SIDES)})")
+    p.add_argument("--only", choices=SIDES, help="train one side only (the same as --sides NAME)")
+    p.add_argument("--target-bpb", type=float, help="without the seed side: the seed recipe's final bpb to race (e.g. 2.16)")
     p.add_argument("--eval-bytes", type=int, default=0, help="held-out text size (default 48,000 bytes; 16,000 with --quick)")
     p.add_argument("--png", default=str(REPO / "runs" / "time_to_quality.png"))
     p.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-small preset (for sweeps)")
     args = p.parse_args()
+    if args.only:
+        args.sides = [args.only]
     if args.quick:
         args.minutes = min(args.minutes, 0.35)
+    return args
+
+
+def build_sides(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, run_dir: Path) -> dict:
+    """The sides named by --sides, in SIDES' order; with --compile, each model compiled (cpu-small
+    through its own config, train.compile; the others by wrapping the module they train)."""
+    sides: dict = {}
+    if "seed" in args.sides:
+        sides["seed"] = SeedRecipe(device, dtype)
+    if "cpu-small" in args.sides:
+        extra = ["train.compile=true"] if args.compile else []
+        sides["cpu-small"] = CpuSmall(device, dtype, args.overrides + extra, run_dir)
+    if "nanogpt" in args.sides:
+        sides["nanogpt"] = NanoGPTRecipe(bench_data(NanoGPTRecipe.tokenizer), device, hardware.autocast(device, dtype))
+    if args.compile:
+        for k in ("seed", "nanogpt"):
+            if k in sides:
+                sides[k].model = torch.compile(sides[k].model)
+    return sides
+
+
+def side_summary(side: SeedRecipe | CpuSmall | NanoGPTRecipe, rows: list[dict], target: float | None) -> dict:
+    """One side's figures for the JSON: size, steps, final and best bits per byte, time to target, curve."""
+    return {
+        "name": side.name,
+        "tokenizer": side.tokenizer,
+        "params": sum(p.numel() for p in side.model.parameters()),
+        "steps": side.step,
+        "final_bpb": rows[-1]["bpb"],
+        "best_bpb": min(r["bpb"] for r in rows),
+        "time_to_target_s": first_time_at_or_below(rows, target) if target is not None else None,
+        "curve": [[round(r["time_s"], 1), r["step"], r["bpb"]] for r in rows],
+    }
+
+
+def main() -> None:
+    args = parse_args()
     device, dtype = setup(args)
     autocast = hardware.autocast(device, dtype)
     budget = args.minutes * 60
     eval_bytes = args.eval_bytes or (16_000 if args.quick else 48_000)
 
     with tempfile.TemporaryDirectory(prefix="psyduck-ttq-") as tmp:
-        sides, names = {}, {}
-        if args.only != "cpu-small":
-            sides["seed"] = SeedRecipe(device, dtype)
-        if args.only != "seed":
-            extra = ["train.compile=true"] if args.compile else []
-            sides["cpu-small"] = CpuSmall(device, dtype, args.overrides + extra, Path(tmp) / "run")
-        for k, s in sides.items():
-            names[k] = s.name
+        sides = build_sides(args, device, dtype, Path(tmp) / "run")
         held = {k: HeldOut(s.data, eval_bytes, s.cfg.model.block_size, 8) for k, s in sides.items()}
         if len({h.text_sha for h in held.values()}) != 1 or len({h.bytes for h in held.values()}) != 1:
-            raise SystemExit("the two sides' held-out documents differ; prepare both data folders from the same source")
-        if args.compile and "seed" in sides:  # cpu-small compiles through its own config (train.compile)
-            sides["seed"].model.forward = torch.compile(sides["seed"].model.forward)
-        curves = race(sides, held, budget, device, autocast, "cpu-small" if "cpu-small" in sides else None, args.quick)
+            raise SystemExit("the sides' held-out documents differ; prepare every data folder from the same source")
+        curves = race(sides, held, budget, device, autocast, args.quick)
 
     target = curves["seed"][-1]["bpb"] if "seed" in curves else args.target_bpb
-    summary: dict = {}
-    for k, rows in curves.items():
-        s = sides[k]
-        summary[k] = {
-            "name": names[k],
-            "tokenizer": s.tokenizer,
-            "params": sum(p.numel() for p in s.model.parameters()),
-            "steps": s.step,
-            "final_bpb": rows[-1]["bpb"],
-            "best_bpb": min(r["bpb"] for r in rows),
-            "time_to_target_s": first_time_at_or_below(rows, target) if target is not None else None,
-            "curve": [[round(r["time_s"], 1), r["step"], r["bpb"]] for r in rows],
-        }
+    summary = {k: side_summary(sides[k], rows, target) for k, rows in curves.items()}
     if "cpu-small" in sides:
         summary["cpu-small"]["config"] = {"model": vars(sides["cpu-small"].cfg.model), "train": vars(sides["cpu-small"].cfg.train),
                                           "overrides": args.overrides}
-    plot(curves, names, target, Path(args.png), args.minutes)
+    finals = {k: curves[k][-1]["bpb"] for k in ("seed", "nanogpt") if k in curves}
+    if "seed" not in curves and target is not None:
+        finals["target"] = target
+    plot(curves, {k: s.name for k, s in sides.items()}, finals, Path(args.png), args.minutes)
     out = {
         "benchmark": "time_to_quality",
         "machine": machine(device),
         "precision": str(dtype).replace("torch.", ""),
         "minutes_per_side": args.minutes,
+        "sides": list(sides),
         "held_out": {"documents": next(iter(held.values())).documents, "bytes": next(iter(held.values())).bytes,
                      "tokens": {k: h.tokens for k, h in held.items()}},
         "target_bpb": target,
         **summary,
         "png": args.png,
     }
-    if "seed" in summary and "cpu-small" in summary:
-        ts, tc = summary["seed"]["time_to_target_s"], summary["cpu-small"]["time_to_target_s"]
-        out["ratio"] = tc / ts if tc is not None and ts else None
-        out["final_ratio"] = summary["cpu-small"]["final_bpb"] / summary["seed"]["final_bpb"]
-    elif "cpu-small" in summary and target is not None:
+    if "cpu-small" in summary and target is not None:
         tc = summary["cpu-small"]["time_to_target_s"]
-        out["ratio"] = tc / budget if tc is not None else None  # against a seed recipe that needs the whole budget
+        ts = summary["seed"]["time_to_target_s"] if "seed" in summary else budget  # else: a seed that needs the whole budget
+        out["ratio"] = tc / ts if tc is not None and ts else None
         out["final_ratio"] = summary["cpu-small"]["final_bpb"] / target
+    if "cpu-small" in curves and "nanogpt" in curves:
+        out["peer_targets"] = peer_targets(curves["cpu-small"], curves["nanogpt"], budget)
     emit(rounded(out))
 
 
