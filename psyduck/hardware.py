@@ -2,8 +2,7 @@
 
 - device: cuda > mps > cpu unless the user names one;
 - precision: bf16 autocast where the GPU supports it, fp16 autocast + gradient scaler where it does
-  not (T4, V100), fp32 on CPU and MPS (measured on the CI-class CPU without AMX: bf16 matmuls run at
-  about half the fp32 speed);
+  not (T4, V100), fp32 on CPU and MPS (CPUs differ in half precision: see `half_precision_note`);
 - peak FLOP/s, the denominator of MFU (model FLOPs utilization): a table for known GPUs, and for
   CPUs a matmul measured once, in the process that trains, in a bounded time;
 - memory: what is free for the model, so a model too large to allocate is refused before it is.
@@ -85,9 +84,9 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[i
     measured in at most about `budget` seconds whatever the dtype.
 
     A small probe matmul first predicts what each size costs (a matmul's time grows as n^3); a size
-    whose warm-up and timed loop would not fit in the time left is skipped. Without the probe,
-    float16 on a CPU without half-precision units (one 2048^2 matmul: ~19 s) froze the start of a
-    run for minutes before its first line.
+    whose warm-up and timed loop would not fit in the time left is skipped. Without the probe, a
+    precision the CPU emulates (float16 on most CPUs: seconds per 2048^2 matmul) froze the start of
+    a run for minutes before its first line (docs/perf-notes-htrain.md).
     """
     deadline = time.perf_counter() + budget
     probe_n = 256
@@ -125,8 +124,8 @@ def half_precision_note(device: torch.device, dtype: torch.dtype) -> str | None:
     """A line for the top of a run when `dtype` is a half precision this CPU computes slowly, else None.
 
     Whether it is slow is measured, not assumed: CPUs with AMX or AVX-512 BF16 multiply bfloat16
-    faster than float32, while float16 on most CPUs is emulated, many times slower. A 256^2 probe
-    in each precision takes a few milliseconds (a few tenths of a second where it is emulated).
+    faster than float32, while float16 on most CPUs is emulated, many times slower. The probe is
+    one small matmul timed briefly in each precision.
     """
     if device.type != "cpu" or dtype == torch.float32:
         return None
