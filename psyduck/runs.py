@@ -9,6 +9,9 @@ A run folder holds everything needed to use or continue a model:
       loss_curve.png           train and val loss against step and tokens seen
       samples.txt              a text sample at each evaluation
       source.json              only for imported runs: where the weights came from
+      .lock                    while a trainer writes the run: its PID (`RunLock`: one writer at a time)
+      set-aside-YYYYmmdd-HHMMSS/  checkpoints and metrics moved aside, never deleted: damaged ones
+                               skipped on resume, or a whole history (`--resume-from-scratch`)
       checkpoints/
         step_0000500/
           model.safetensors    the weights
