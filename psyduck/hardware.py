@@ -90,7 +90,7 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[i
     """
     deadline = time.perf_counter() + budget
     probe_n = 256
-    probe = measure_matmul_flops(device, dtype, n=probe_n, seconds=min(seconds, budget / 8), warmup=1)
+    probe = measure_matmul_flops(device, dtype, n=probe_n, seconds=min(seconds, budget) / 5, warmup=1)  # a rough rate
     best = probe
     for n in sizes:
         one_matmul = 2 * n**3 / probe
