@@ -48,14 +48,33 @@ TRAIN_FLAGS = {
 
 
 def build_config(args: argparse.Namespace):
-    """Preset (or a resumed run's saved config), then --config TOML, then flags, then key=value."""
-    from psyduck.runs import read_run_config
-    from psyduck.config import apply_overrides, get_preset, load_toml
+    """Preset (or, with --resume, the run's saved config), then --config TOML, then flags, then key=value.
 
-    if args.resume and args.out and (Path(args.out) / "config.json").exists() and not args.preset:
-        cfg = read_run_config(args.out)
-    else:
-        cfg = get_preset(args.preset or "cpu-small")
+    On --resume the saved config wins over any preset: a --preset that would give a different
+    recipe is refused rather than silently replacing the run's (the trainer lists what the flags
+    and key=value pairs change).
+    """
+    from psyduck.config import get_preset
+
+    if not (args.resume or args.resume_from_scratch):
+        return _layer(get_preset(args.preset or "cpu-small"), args)
+    from psyduck.runs import RunFolder
+    from psyduck.train.preflight import check_out, preset_conflicts, resume_config
+
+    check_out(Path(args.out))
+    cfg = _layer(resume_config(RunFolder(args.out)), args)
+    if args.preset and (conflicts := preset_conflicts(cfg, _layer(get_preset(args.preset), args))):
+        raise PsyDuckError(
+            f"--preset {args.preset} disagrees with the saved config of {args.out} ({conflicts}); on --resume "
+            "the saved config wins: drop --preset and give the changes you want as key=value"
+        )
+    return cfg
+
+
+def _layer(cfg, args: argparse.Namespace):
+    """`cfg` with the --config TOML, the flags and the key=value overrides on top, in that order."""
+    from psyduck.config import apply_overrides, load_toml
+
     if args.config:
         cfg = load_toml(args.config, base=cfg)
     flags = {key: getattr(args, name) for name, (key, _) in TRAIN_FLAGS.items() if getattr(args, name) is not None}
@@ -102,12 +121,18 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"prepared {folder}: {counts} tokens ({meta['tokenizer']})")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train; the exit status is 130 or 143 when Ctrl-C or SIGTERM stopped the run (after saving)."""
     from psyduck.train import train
+    from psyduck.train.signals import exit_status
 
     cfg = build_config(args)
-    result = train(cfg, args.out, resume=args.resume, init_from=args.init_from, progress=not args.no_progress)
+    result = train(
+        cfg, args.out, resume=args.resume, from_scratch=args.resume_from_scratch, init_from=args.init_from,
+        progress=not args.no_progress,
+    )
     print_json(result)
+    return exit_status(result.get("stopped_by"))
 
 
 def print_json(obj: object) -> None:
@@ -267,6 +292,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="a TOML file with [model], [data], [train], [eval] tables")
     s.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    s.add_argument(
+        "--resume-from-scratch", action="store_true",
+        help="train the run in --out anew from step 0 with its saved config, moving its old checkpoints and "
+        "metrics aside into a dated folder (e.g. when every checkpoint is damaged)",
+    )
     s.add_argument("--init-from", help="start from another run's weights (fresh optimizer and schedule)")
     s.add_argument("--compile", action="store_true", help="torch.compile the model")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -359,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]
     try:
-        args.func(args)
+        status = args.func(args)
     except PsyDuckError as e:
         print(f"psyduck: error: {e}", file=sys.stderr)
         return 2
@@ -368,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import importlib
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +43,15 @@ Schedule = Literal["constant", "cosine", "wsd"]
 LossChoice = Literal["auto", "fused", "plain"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 OnNan = Literal["stop", "skip"]
+
+
+def _check_finite(obj: Any, section: str) -> None:
+    """Refuse a float field that is NaN or infinite: `lr=nan` would otherwise reach the optimizer,
+    and every comparison with NaN is False, so the range checks below would let it through."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PsyDuckError(f"{section}.{f.name} must be a finite number, got {value}")
 
 
 def _check_choices(obj: Any, section: str) -> None:
@@ -79,6 +89,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "model")
+        _check_finite(self, "model")
         for key in ("vocab_size", "block_size", "d_model", "n_layer", "n_head"):
             if getattr(self, key) < 1:
                 raise PsyDuckError(f"model.{key} must be a positive integer, got {getattr(self, key)}")
@@ -155,6 +166,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self, "train")
+        _check_finite(self, "train")
         for key in ("batch_size", "grad_accum", "eval_interval", "eval_iters"):
             if getattr(self, key) < 1:
                 raise PsyDuckError(f"train.{key} must be a positive integer, got {getattr(self, key)}")

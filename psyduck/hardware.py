@@ -2,21 +2,25 @@
 
 - device: cuda > mps > cpu unless the user names one;
 - precision: bf16 autocast where the GPU supports it, fp16 autocast + gradient scaler where it does
-  not (T4, V100), fp32 on CPU and MPS (measured on the CI-class CPU without AMX: bf16 matmuls run at
-  about half the fp32 speed);
+  not (T4, V100), fp32 on CPU and MPS (CPUs differ in half precision: see `half_precision_note`);
 - peak FLOP/s, the denominator of MFU (model FLOPs utilization): a table for known GPUs, and for
-  CPUs a fp32 matmul measured once, in the process that trains.
+  CPUs a matmul measured once, in the process that trains, in a bounded time;
+- memory: what is free for the model, so a model too large to allocate is refused before it is.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from psyduck.errors import PsyDuckError
+
+if TYPE_CHECKING:
+    from psyduck.config import ModelConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -75,27 +79,94 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def measured_peak_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048),
-                        seconds: float = 0.25) -> float:
-    """The best square-matmul FLOP/s over `sizes` (one size alone can miss the peak by 15% on a CPU)."""
-    return max(measure_matmul_flops(device, dtype, n=n, seconds=seconds) for n in sizes)
+                        seconds: float = 0.25, budget: float = 2.0) -> float:
+    """The best square-matmul FLOP/s over `sizes` (one size alone can miss the peak by 15% on a CPU),
+    measured in at most about `budget` seconds whatever the dtype.
+
+    A small probe matmul first predicts what each size costs (a matmul's time grows as n^3); a size
+    whose warm-up and timed loop would not fit in the time left is skipped. Without the probe, a
+    precision the CPU emulates (float16 on most CPUs: seconds per 2048^2 matmul) froze the start of
+    a run for minutes before its first line (docs/perf-notes-htrain.md).
+    """
+    deadline = time.perf_counter() + budget
+    probe_n = 256
+    probe = measure_matmul_flops(device, dtype, n=probe_n, seconds=min(seconds, budget) / 5, warmup=1)  # a rough rate
+    best = probe
+    for n in sizes:
+        one_matmul = 2 * n**3 / probe
+        left = deadline - time.perf_counter()
+        if 3 * one_matmul + seconds > left:  # two warm-ups, the timed loop, and one matmul past its end
+            continue
+        best = max(best, measure_matmul_flops(device, dtype, n=n, seconds=seconds))
+    return best
 
 
-def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.3) -> float:
-    """FLOP/s of a square matmul on this device, timed for about `seconds`."""
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.3,
+                         warmup: int = 2) -> float:
+    """FLOP/s of a square matmul on this device, timed for about `seconds` after `warmup` untimed ones."""
     g = torch.Generator(device=device).manual_seed(0)  # leave the global RNG alone (exact resume)
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    for _ in range(2):
+    for _ in range(warmup):
         a @ b
     sync(device)
     reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    while reps == 0 or time.perf_counter() - start < seconds:
         a @ b
         reps += 1
         if device.type != "cpu" and reps % 10 == 0:
             sync(device)
     sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def half_precision_note(device: torch.device, dtype: torch.dtype) -> str | None:
+    """A line for the top of a run when `dtype` is a half precision this CPU computes slowly, else None.
+
+    Whether it is slow is measured, not assumed: CPUs with AMX or AVX-512 BF16 multiply bfloat16
+    faster than float32, while float16 on most CPUs is emulated, many times slower. The probe is
+    one small matmul timed briefly in each precision.
+    """
+    if device.type != "cpu" or dtype == torch.float32:
+        return None
+    half = measure_matmul_flops(device, dtype, n=256, seconds=0.05, warmup=1)
+    full = measure_matmul_flops(device, torch.float32, n=256, seconds=0.05, warmup=1)
+    if half >= full:
+        return None
+    name = str(dtype).replace("torch.", "")
+    return (
+        f"{name} is slow on this CPU: its matmuls run at {half / 1e9:.1f} GFLOP/s against {full / 1e9:.1f} for "
+        f"float32 ({full / half:.0f}x slower); --dtype float32 trains faster here"
+    )
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on `device` (a GPU's free memory, or RAM the OS can give
+    without swapping); None where it cannot be known (MPS, a platform without /proc or sysconf)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """1.5e9 -> '1.5 GB' (decimal units, as memory is sold)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def sync(device: torch.device) -> None:
@@ -117,3 +188,35 @@ def flops_per_token(model: torch.nn.Module) -> float:
         n += model.lm_head.weight.numel()
     attn = 12 * cfg.n_layer * cfg.block_size * cfg.d_model  # QK^T and AV, forward + backward
     return 6 * n + attn
+
+
+def require_memory(needed: int, device: torch.device, what: str, fix: str) -> None:
+    """Refuse, in one line, to allocate `needed` bytes for `what` on a device that has less free.
+
+    Checked before allocating: a model too large for the machine otherwise ends in a traceback
+    from deep inside torch (or, on Linux, in the kernel's out-of-memory killer), with no word on
+    how much it asked for.
+    """
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise PsyDuckError(f"{what} needs about {format_bytes(needed)}, but {device} has {format_bytes(free)} free; {fix}")
+
+
+def model_footprint(cfg: "ModelConfig") -> tuple[int, int]:
+    """(parameters, bytes of float32 parameters and buffers) of the model `cfg` describes.
+
+    Counted on PyTorch's meta device, where tensors have shapes but no storage: a model of any
+    size is measured without allocating it, so a too-large one can be refused in one line.
+    """
+    from psyduck.model import GPT
+
+    with torch.device("meta"):
+        model = GPT(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    return params, 4 * (params + sum(b.numel() for b in model.buffers()))
+
+
+def describe_model(cfg: "ModelConfig", params: int) -> str:
+    """'a 103.1B-parameter model (d_model 65536, 2 layers, vocabulary 512)': what to make smaller."""
+    size = f"{params / 1e9:,.1f}B" if params >= 1e9 else f"{params / 1e6:,.1f}M"
+    return f"a {size}-parameter model (d_model {cfg.d_model}, {cfg.n_layer} layers, vocabulary {cfg.vocab_size:,})"

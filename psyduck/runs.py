@@ -9,6 +9,9 @@ A run folder holds everything needed to use or continue a model:
       loss_curve.png           train and val loss against step and tokens seen
       samples.txt              a text sample at each evaluation
       source.json              only for imported runs: where the weights came from
+      .lock                    while a trainer writes the run: its PID (`RunLock`: one writer at a time)
+      set-aside-YYYYmmdd-HHMMSS/  checkpoints and metrics moved aside, never deleted: damaged ones
+                               skipped on resume, or a whole history (`--resume-from-scratch`)
       checkpoints/
         step_0000500/
           model.safetensors    the weights
@@ -27,8 +30,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,12 +42,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from psyduck import hardware
 from psyduck.config import Config, load_config_json
 from psyduck.errors import PsyDuckError
-from psyduck.io import atomic_folder, write_json_atomic, writer_alive
+from psyduck.io import atomic_folder, fsync_folder, write_json_atomic, writer_alive
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there go unlocked
+    fcntl = None  # type: ignore[assignment]
 from psyduck.state_dicts import load_weights, model_tensors, optimizer_to_flat, short_error
 
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"  # held by the one process writing the run (RunLock)
 SOURCE = "source.json"  # only in imported runs
 Log = Callable[[str], None]
 
@@ -67,6 +79,19 @@ class RunFolder:
         return f"RunFolder({str(self.path)!r})"
 
     # -- listing and checking -----------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """Why this path holds no run to continue, as words that follow it ("runs/x does not exist");
+        None when it is a run folder (it has a config.json)."""
+        if not self.path.exists():
+            return f"{self.path} does not exist"
+        if not self.path.is_dir():
+            return f"{self.path} is a file, not a run folder"
+        if (self.path / "config.json").is_file():
+            return None
+        if not any(not p.name.startswith(".") for p in self.path.iterdir()):
+            return f"{self.path} is empty"
+        return f"{self.path} is not a PsyDuck run (no config.json)"
 
     def checkpoints(self) -> list[Path]:
         """Finished checkpoint folders, oldest first."""
@@ -120,6 +145,26 @@ class RunFolder:
         return ckpt
 
     # -- writing ------------------------------------------------------------------------------
+
+    def lock(self, log: Log | None = None) -> "RunLock":
+        """Become the run's one writer (creating the folder if needed); see `RunLock`."""
+        return RunLock(self.path, log)
+
+    def set_aside(self, paths: list[Path]) -> Path:
+        """Move `paths` (inside the run folder) into a new dated folder, RUN/set-aside-YYYYmmdd-HHMMSS,
+        each at the same place relative to the run; returns that folder. Nothing is deleted: a
+        damaged checkpoint may still hold what a backup does not."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest, n = self.path / f"set-aside-{stamp}", 1
+        while dest.exists():
+            n += 1
+            dest = self.path / f"set-aside-{stamp}-{n}"
+        for p in paths:
+            target = dest / p.relative_to(self.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, target)
+        fsync_folder(self.path)
+        return dest
 
     def save_checkpoint(
         self,
@@ -179,6 +224,77 @@ class RunFolder:
             return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         except (OSError, ValueError):
             return None  # a damaged note about provenance does not stop the run from loading
+
+
+class RunLock:
+    """An exclusive hold on a run folder, so one run folder has one writer.
+
+    Two trainers on one folder would interleave their metrics and leave one run's config.json
+    beside the other's checkpoints. The hold is `fcntl.flock` on RUN/.lock, and the kernel drops
+    it when its process ends, however it ends (SIGKILL included): a lock file left behind by a dead
+    process is stale by construction, and the next trainer takes it over. The file holds the PID
+    of its holder, for the line the second trainer gets. Released by `release()` (or `with`).
+    """
+
+    def __init__(self, run: Path, log: Log | None = None) -> None:
+        self.run = run
+        self.path = run / LOCK
+        self.created = not run.exists()
+        self.fd: int | None = None
+        if fcntl is None:
+            return
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+            self.fd = self._acquire()
+            stale = os.read(self.fd, 32).decode("ascii", "replace").strip()
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError as e:
+            self.release()
+            raise PsyDuckError(
+                f"cannot write into the run folder {run} ({e.strerror or e}); make it writable or choose another --out"
+            ) from None
+        if stale and log is not None:
+            log(f"took over the lock of {run} left by PID {stale}, which is no longer running")
+
+    def _acquire(self) -> int:
+        """Open and flock RUN/.lock; refuse, naming the holder, when another process holds it."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise PsyDuckError(
+                    f"{self.run} is in use by another trainer (PID {holder}); wait for it to finish or stop it, "
+                    "or choose another --out"
+                ) from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed the file as we opened it: lock the new one
+
+    def release(self) -> None:
+        """Let go (the file goes first, while still held); a folder this lock created and nothing
+        else filled is removed too, so a run refused at its start leaves no empty folder."""
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+        if self.created:
+            try:
+                self.run.rmdir()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def checkpoint_problem(ckpt: Path) -> str | None:
@@ -278,6 +394,11 @@ def load_run(
             f"with {cfg.data.tokenizer} ({cfg.model.vocab_size} embedding rows); restore the run's own tokenizer.json"
         )
     ckpt = named_checkpoint(run, checkpoint) if checkpoint not in (None, "best") else run.pick(checkpoint, log)
+    params, nbytes = hardware.model_footprint(cfg.model)
+    hardware.require_memory(
+        nbytes, torch.device("cpu"), f"loading {hardware.describe_model(cfg.model, params)}",
+        f"check {run.path / 'config.json'}, or load it on a machine with more memory",
+    )
     model = GPT(cfg.model)
     load_weights(model, ckpt / "model.safetensors")
     problem = nonfinite_weights(model)

@@ -65,12 +65,32 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
             f"checkpoint {path} is damaged or truncated ({short_error(e)}); resume from an earlier checkpoint"
         ) from None
     model = unwrap(model)
-    if getattr(model.config, "tie_embeddings", False):
-        state["lm_head.weight"] = state.get("tok_emb.weight")
+    state = clean_state_dict(state)
+    if getattr(model.config, "tie_embeddings", False) and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]
+    mismatch = describe_mismatch(state, model.state_dict())
+    if mismatch:
+        raise PsyDuckError(f"checkpoint {path} does not fit this model's config ({mismatch}); check config.json")
     try:
-        model.load_state_dict(clean_state_dict(state), strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise PsyDuckError(f"checkpoint {path} does not fit this model's config ({short_error(e)}); check config.json") from None
+
+
+def describe_mismatch(saved: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """The keys and shapes where a checkpoint and a model differ, in words ('' when they agree):
+    'tok_emb.weight is (512, 64) in the checkpoint but (512, 128) in the model; missing: ...'."""
+    parts = []
+    shapes = [  # in the model's order: the embedding first, as one reads the model
+        f"{k} is {tuple(saved[k].shape)} in the checkpoint but {tuple(v.shape)} in the model"
+        for k, v in expected.items() if k in saved and saved[k].shape != v.shape
+    ]
+    for label, items in (("", shapes), ("missing from the checkpoint: ", [k for k in expected if k not in saved]),
+                         ("not in the model: ", [k for k in saved if k not in expected])):
+        if items:
+            more = f" and {len(items) - shown} more" if len(items) > shown else ""
+            parts.append(label + ", ".join(items[:shown]) + more)
+    return "; ".join(parts)
 
 
 def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -5,6 +5,7 @@ These start real processes, because a kill cannot be simulated inside the test p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -140,12 +141,16 @@ def test_signal_saves_and_prints_resume_command(tiny_data, tmp_path, sig):
         time.sleep(0.2)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 128 + sig, stderr  # 130 for SIGINT, 143 for SIGTERM: the run did not finish
     assert f"stopped by {sig.name} at step" in stderr
     assert f"resume with: psyduck train --out {out} --resume" in stderr
     newest = list_checkpoints(out)[-1]
     assert is_loadable(newest)
     assert "signal" in (newest / "state.json").read_text()
+    result = json.loads(stdout)  # the true counts, not those of the last evaluation
+    assert result["stopped_by"] == sig.name and f"at step {result['step']};" in stderr
+    assert result["tokens"] == result["step"] * 256  # 256 tokens a step (tiny preset); not 0, not the last evaluation's
+    assert json.loads((newest / "state.json").read_text())["tokens_seen"] == result["tokens"]
 
 
 def test_two_gloo_processes_match_one_process_with_double_accumulation(tiny_data, tmp_path):

@@ -5,6 +5,9 @@
 
 The rooms, each one concept:
     trainer.py       the loop: when to step, evaluate, save, sample and stop
+    preflight.py     what is settled before the first step: where the run starts from (resume,
+                     damaged checkpoints, start over), the data, and whether the model fits
+    signals.py       Ctrl-C and SIGTERM: finish the step, save, exit 130 or 143
     step.py          one optimizer step (micro-batches, accumulation, clipping, NaN guard), the
                      learning-rate schedule (by steps or by the share of a time budget), the optimizer
     clock.py         training by the clock: seconds used across resumes, when to evaluate and stop

@@ -4,14 +4,15 @@ Every `eval_interval` steps: mean train and val loss over `eval_iters` batches, 
 metrics.jsonl, the loss-curve PNG, a text sample, and a checkpoint (or every `checkpoint_interval`
 steps, when that is set), with the benchmark scores `eval.tasks` names (task_scores.py). By the
 clock (`train.max_seconds`) the run lasts its time budget, and the schedule and evaluations follow
-the share of it spent (clock.py). The pieces live next door: the step itself in step.py, the random
-states a checkpoint holds in state.py, several processes in distributed.py, speed and records in
+the share of it spent (clock.py). The pieces live next door: what is settled before the first step
+in preflight.py, the step itself in step.py, the random states a checkpoint holds in state.py,
+Ctrl-C and SIGTERM in signals.py, several processes in distributed.py, speed and records in
 telemetry.py.
 
 What makes it dependable:
 - exact resume: a resumed run takes bit-for-bit the same steps as one that never stopped (state.py),
   for step-based schedules; by the clock, the schedule continues from the training seconds stored;
-- atomic, bounded checkpoints (see checkpoint.py): the last K and the best by val loss;
+- atomic, bounded checkpoints (see psyduck/runs.py): the last K and the best by val loss;
 - a NaN or inf loss stops the run naming the step and the last good checkpoint (or skips the step
   with `on_nan=skip`); weights with NaN are never saved;
 - Ctrl-C or SIGTERM finishes the current step, saves, and prints the command that resumes;
@@ -23,29 +24,29 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any, Callable
 
 import torch
+from safetensors import SafetensorError
 
 from psyduck import hardware
-from psyduck.io import write_json_atomic
-from psyduck.runs import latest_checkpoint, list_checkpoints, read_run_config
-from psyduck.state_dicts import load_weights
+from psyduck.io import read_jsonl, write_json_atomic
+from psyduck.runs import RunFolder, latest_checkpoint, list_checkpoints
+from psyduck.state_dicts import load_weights, short_error
 from psyduck.config import Config
-from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
 from psyduck.generate import GenerationParams, stream_text
 from psyduck.losses import FusedLoss, make_loss
 from psyduck.model import GPT
-from psyduck.tokenizer import Tokenizer, load_tokenizer
+from psyduck.tokenizer import Tokenizer
+from psyduck.train import preflight
 from psyduck.train.clock import Timetable, format_seconds
 from psyduck.train.distributed import Distributed
 from psyduck.train.feed import Batches, Feed
+from psyduck.train.signals import StopSignals
 from psyduck.train.state import load_training_checkpoint, save_training_checkpoint
 from psyduck.train.step import StepSetup, is_out_of_memory, lr_at, make_optimizer, out_of_memory_advice, train_step
 from psyduck.train.task_scores import TaskScorer
@@ -58,6 +59,11 @@ def _to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _why(e: BaseException) -> str:
+    """'No space left on device': an OSError's own words, else the first line of the message."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else short_error(e)
+
+
 class Trainer:
     """Trains `cfg` into the run folder `out`. Use `train(...)` for the one-call version."""
 
@@ -67,6 +73,7 @@ class Trainer:
         out: str | Path,
         *,
         resume: bool = False,
+        from_scratch: bool = False,
         init_from: str | Path | None = None,
         progress: bool = True,
         log: Callable[[str], None] | None = None,
@@ -78,13 +85,27 @@ class Trainer:
         self.log_fn = log or _to_stderr
         self.progress = progress and self.dist.main
         self.init_from = Path(init_from) if init_from else None
-        cfg, self.resume_from = self._starting_point(cfg, resume)
-        self.cfg = copy.deepcopy(cfg)  # our own: the vocabulary and tokenizer are filled in below
+        preflight.check_out(self.out)
+        saved = preflight.resume_config(RunFolder(self.out)) if resume or from_scratch else None
+        self.lock = RunFolder(self.out).lock(self.log) if self.dist.main else None  # one writer per run folder
+        try:
+            self._set_up(cfg, saved, from_scratch)
+        except BaseException:
+            self.release()
+            raise
+
+    def _set_up(self, cfg: Config | None, saved: Config | None, from_scratch: bool) -> None:
+        """Everything `__init__` does once the run folder is ours: data, device, model, optimizer."""
+        cfg, self.resume_from = preflight.starting_point(RunFolder(self.out), cfg, saved, from_scratch, self.log, self.dist.main)
+        self.cfg = copy.deepcopy(cfg)  # our own: the vocabulary and tokenizer are filled in here
         t = self.cfg.train
         self.data, self.tokenizer = self._open_data()
         self.tasks = TaskScorer(self.cfg.eval, self.tokenizer, self.cfg.model.block_size)  # read now: a bad task file fails before training
         self.device = self.dist.start(t.device, t.grad_accum)
         self.dtype = hardware.pick_dtype(self.device, t.dtype)
+        note = hardware.half_precision_note(self.device, self.dtype)
+        if note is not None:
+            self.log(note)
         self.autocast = hardware.autocast(self.device, self.dtype)
         self.accum = t.grad_accum // self.dist.world_size
         self.loss = make_loss(t.loss, self.device)  # the output layer + loss, as train.loss names it
@@ -95,46 +116,26 @@ class Trainer:
         self.speed = Speedometer(self.model, self.device, self.dtype, self.dist.world_size)
         self._start_clock()
         self.stop_signal: str | None = None
+        self.signals = StopSignals(self._on_signal)
+
+    def release(self) -> None:
+        """Let go of the run folder (`run` does this when it ends), so another trainer may take it."""
+        if self.lock is not None:
+            self.lock.release()
 
     # -- setting up ---------------------------------------------------------------------------
 
-    def _starting_point(self, cfg: Config | None, resume: bool) -> tuple[Config, Path | None]:
-        """The config to train and the checkpoint to resume from (None: start at step 0)."""
-        if resume and (self.out / "config.json").exists():
-            saved = read_run_config(self.out)
-            ckpt = latest_checkpoint(self.out, log=self.log)
-            if ckpt is None:
-                self.log(f"{self.out} has no loadable checkpoint yet: starting from step 0")
-            return (saved if cfg is None else cfg), ckpt
-        if cfg is None:
-            raise PsyDuckError(f"nothing to resume in {self.out} (no config.json); start a run with --preset")
-        if list_checkpoints(self.out):
-            raise PsyDuckError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
-        return cfg, None
-
     def _open_data(self) -> tuple[Batches, Tokenizer]:
-        """Open the token shards, check they speak the run's tokenizer, and size the vocabulary."""
-        if self.feed is not None:  # the feed's maker has sized the vocabulary and checked its data
+        """The batches and tokenizer: a fine-tuning feed's (which sized the vocabulary and checked its
+        data), or the token shards of `data.path` (preflight.open_data)."""
+        if self.feed is not None:
             return self.feed.batches, self.feed.tokenizer
-        cfg = self.cfg
-        data = TokenData(cfg.data.path)
-        tokenizer = load_tokenizer(Path(cfg.data.path))
-        if self.resume_from is not None or (self.out / "tokenizer.json").exists():
-            data.check_tokenizer(load_tokenizer(self.out))
-        if self.init_from is not None:
-            data.check_tokenizer(load_tokenizer(self.init_from))
-        cfg.data.tokenizer = data.tokenizer_name  # what the run speaks, checked when it is loaded
-        if self.resume_from is not None or self.init_from is not None:  # keep a padded embedding (imports)
-            cfg.model.vocab_size = max(cfg.model.vocab_size, data.vocab_size)
-        else:
-            cfg.model.vocab_size = data.vocab_size
-        for split in ("train", "val"):
-            data.check_fits(split, cfg.model.block_size)
-        return data, tokenizer
+        return preflight.open_data(self.cfg, self.out, self.resume_from is not None, self.init_from)
 
     def _build_model(self) -> None:
         """The model, optimizer and batch sampler, at step 0 or as the resumed checkpoint left them."""
         t = self.cfg.train
+        preflight.check_model_fits(self.cfg, self.device)
         torch.manual_seed(t.seed + self.dist.rank)  # weights are broadcast by DDP; dropout differs per rank
         self.model = GPT(self.cfg.model).to(self.device)
         if self.init_from is not None:
@@ -224,10 +225,16 @@ class Trainer:
                 "train_seconds": self.clock.seconds(),
                 "time": time.time(),
             }
-            path = save_training_checkpoint(
-                self.out, self.step, self.model, self.optimizer, info, self.batch_gen, self.device,
-                keep=self.cfg.train.keep_checkpoints,
-            )
+            try:
+                path = save_training_checkpoint(
+                    self.out, self.step, self.model, self.optimizer, info, self.batch_gen, self.device,
+                    keep=self.cfg.train.keep_checkpoints,
+                )
+            except (OSError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+                raise PsyDuckError(
+                    f"saving checkpoint {path.name} into {self.out} failed ({_why(e)}); free some space or fix "
+                    f"the folder, then resume with: {self.resume_command()}"
+                ) from None
         self.dist.barrier()
         return path
 
@@ -242,22 +249,12 @@ class Trainer:
             self.run_log.forget_after(self.step)
         self.log(f"resuming from {ckpt} (step {self.step})")
 
-    def _handle_signal(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+    def _on_signal(self, name: str) -> None:
         """Raise the stop flag: the loop saves after the current step (a second signal stops at once)."""
         if self.stop_signal is not None:  # a second Ctrl-C: stop now, without saving
             raise KeyboardInterrupt
-        self.stop_signal = signal.Signals(signum).name
-        self.log(f"{self.stop_signal} received: finishing this step, then saving (again to stop at once)")
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """Ctrl-C and SIGTERM raise the stop flag; returns the handlers to put back."""
-        old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old[sig] = signal.signal(sig, self._handle_signal)
-            except ValueError:  # not the main thread
-                pass
-        return old
+        self.stop_signal = name
+        self.log(f"{name} received: finishing this step, then saving (again to stop at once)")
 
     def resume_command(self) -> str:
         return self.feed.resume_command if self.feed else f"psyduck train --out {self.out} --resume"
@@ -294,12 +291,35 @@ class Trainer:
         return row
 
     def run(self) -> dict[str, Any]:
-        """Train to `max_iters` (or the time budget, or a signal); returns the last evaluation."""
+        """Train to `max_iters` (or the time budget, or a signal); returns the last evaluation, with
+        the true step and token counts, and `stopped_by` naming the signal when one stopped it.
+
+        A write that fails (a full disk, a folder made read-only) ends the run with one line; the
+        run folder is released however the run ends.
+        """
+        try:
+            return self._run()
+        except OSError as e:
+            if isinstance(e, BrokenPipeError):  # the reader of our output left: not the run's fault
+                raise
+            raise PsyDuckError(
+                f"{_why(e)}: {e.filename or self.out}; free some space or fix the folder, then resume with: "
+                f"{self.resume_command()}"
+            ) from None
+        finally:
+            self.release()
+
+    def _run(self) -> dict[str, Any]:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out / "config.json", self.cfg.to_dict())
             self.tokenizer.save(self.out)
-        old_handlers = self._install_signal_handlers()
+            if self.resume_from is None:  # a run from step 0 starts its own history
+                self.run_log.forget_after(-1)
+        finished = self._already_finished()
+        if finished is not None:
+            return finished
+        self.signals.install()
         if self.dist.main:
             self.run_log.open_loggers(self.cfg)
         self.log(
@@ -323,9 +343,30 @@ class Trainer:
         finally:
             bar.close()
             self.run_log.close(draw=self.dist.main)
-            for sig, handler in old_handlers.items():
-                signal.signal(sig, handler)
-        return {"run": str(self.out), "step": self.step, **{k: v for k, v in last_row.items() if k != "step"}}
+            self.signals.restore()
+        return self._result(last_row)
+
+    def _result(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What `run` returns: the evaluation `row`, under the true step and token counts (a signal
+        can stop the run between evaluations)."""
+        result = {"run": str(self.out), "step": self.step, **{k: v for k, v in row.items() if k != "step"}}
+        result["tokens"] = self.tokens_seen
+        if self.stop_signal is not None:
+            result["stopped_by"] = self.stop_signal
+        return result
+
+    def _already_finished(self) -> dict[str, Any] | None:
+        """A resumed run already at `max_iters` has nothing to train: its last row, and no second one."""
+        if self.resume_from is None or self.step < self.cfg.train.max_iters:
+            return None
+        rows = [r for r in read_jsonl(self.run_log.metrics) if r.get("step") == self.step]
+        if not rows:  # stopped before its final evaluation: the loop records it
+            return None
+        self.log(
+            f"{self.out} is already at step {self.step} (train.max_iters={self.cfg.train.max_iters}): nothing to "
+            "train; raise max_iters to train on"
+        )
+        return self._result(rows[-1])
 
     def _loop(self, bar: ProgressBar) -> dict[str, Any]:
         """Step until done, evaluating and saving on schedule; returns the last evaluation row."""
@@ -411,17 +452,20 @@ def train(
     out: str | Path = "runs/demo",
     *,
     resume: bool = False,
+    from_scratch: bool = False,
     init_from: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train `cfg` into the run folder `out`; returns the last evaluation's numbers.
 
     `resume=True` continues the run in `out` from its newest loadable checkpoint (with `cfg=None`,
-    using the config it saved). `init_from` starts from another run's weights with a fresh
+    using the config it saved; with a `cfg`, that one, its changes listed). `from_scratch=True`
+    trains the run in `out` anew from step 0, moving its old checkpoints and metrics aside into a
+    dated folder (the way out when every checkpoint is damaged). `init_from` starts from another run's weights with a fresh
     optimizer and schedule (fine-tuning on new data prepared with the same tokenizer). `cfg` itself
     is left as it was.
     """
-    trainer = Trainer(cfg, out, resume=resume, init_from=init_from, progress=progress)
+    trainer = Trainer(cfg, out, resume=resume, from_scratch=from_scratch, init_from=init_from, progress=progress)
     try:
         result = trainer.run()
         trainer.dist.barrier()  # rank 0 may still be drawing or saving: leave together, or gloo hangs in teardown
