@@ -178,7 +178,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise PsyDuckError(f"train.lr must be positive, got {self.lr}")
         if self.max_seconds < 0:
-            raise PsyDuckError(f"train.max_seconds must be >= 0 (0: train by steps), got {self.max_seconds}")
+            raise PsyDuckError(f"train.max_seconds must be >= 0 (0: train by steps), got {self.max_seconds:g}")
         if not 0.0 < self.decay_fraction <= 1.0:
             raise PsyDuckError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
 

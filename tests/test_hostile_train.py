@@ -263,7 +263,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_temporary_folder(ca
 
 def test_a_negative_time_budget_is_refused(capsys, tiny_data, tmp_path):
     msg = error_of(capsys, train_args(tiny_data, tmp_path / "run", "--max-seconds", "-5"))
-    assert msg == "train.max_seconds must be >= 0 (0: no time limit), got -5"
+    assert msg == "train.max_seconds must be >= 0 (0: train by steps), got -5"
 
 
 def test_a_no_op_resume_of_a_finished_run_appends_no_row(capsys, run_copy):

@@ -356,16 +356,17 @@ class Trainer:
         return result
 
     def _already_finished(self) -> dict[str, Any] | None:
-        """A resumed run already at `max_iters` has nothing to train: its last row, and no second one."""
-        if self.resume_from is None or self.step < self.cfg.train.max_iters:
+        """A resumed run already at its end (`max_iters`, or its time budget spent) has nothing to
+        train: its last row, and no second one."""
+        if self.resume_from is None or not self.timetable.done(self.step):
             return None
         rows = [r for r in read_jsonl(self.run_log.metrics) if r.get("step") == self.step]
         if not rows:  # stopped before its final evaluation: the loop records it
             return None
-        self.log(
-            f"{self.out} is already at step {self.step} (train.max_iters={self.cfg.train.max_iters}): nothing to "
-            "train; raise max_iters to train on"
-        )
+        t = self.cfg.train
+        end = f"its time budget (train.max_seconds={t.max_seconds:g}) spent" if t.max_seconds else f"train.max_iters={t.max_iters}"
+        more = "raise max_seconds (or --minutes)" if t.max_seconds else "raise max_iters"
+        self.log(f"{self.out} is already at step {self.step} ({end}): nothing to train; {more} to train on")
         return self._result(rows[-1])
 
     def _loop(self, bar: ProgressBar) -> dict[str, Any]:
