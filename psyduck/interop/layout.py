@@ -30,14 +30,6 @@ def output_bias(state: dict[str, torch.Tensor], cfg: ModelConfig) -> torch.Tenso
     return state.get("lm_head.bias")
 
 
-def refusal(cfg: ModelConfig, label: str, exports: str) -> str:
-    """The one-line reason an architecture has no exact counterpart in `label`, naming what exports."""
-    return (
-        f"cannot export a model with pos={cfg.pos}, norm={cfg.norm}, activation={cfg.activation} to {label}: "
-        f"no architecture there computes it exactly; exportable: {exports}"
-    )
-
-
 def _split_qkv(
     qkv_w: torch.Tensor, qkv_b: torch.Tensor | None, cfg: ModelConfig, repeat_kv: bool
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
