@@ -15,6 +15,28 @@ from psyduck.tokenizer import Tokenizer
 
 BLOCK = 32
 ARCH_FIELDS = ("pos", "norm", "activation", "tie_embeddings", "bias", "head_bias", "n_kv_head", "rope_theta", "norm_eps")
+# architectures worth exporting, by the class / llama.cpp architecture they map to (the name's first word)
+ARCHS: dict[str, dict[str, object]] = {
+    "gpt2-tied": {"pos": "learned", "norm": "layernorm", "activation": "gelu", "tie_embeddings": True, "bias": True},
+    "gpt2-untied-gqa-nobias": {"pos": "learned", "norm": "layernorm", "activation": "gelu", "tie_embeddings": False,
+                               "bias": False, "n_kv_head": 2},
+    "gpt2-sinusoidal": {"pos": "sinusoidal", "norm": "layernorm", "activation": "gelu", "tie_embeddings": True, "bias": True},
+    "gpt2-seed-math": {"pos": "sinusoidal", "norm": "layernorm", "activation": "relu", "tie_embeddings": True, "bias": True},
+    "llama-mha": {"pos": "rope", "norm": "rmsnorm", "activation": "swiglu", "tie_embeddings": False, "bias": False,
+                  "rope_theta": 500.0, "norm_eps": 1e-6},
+    "llama-gqa-bias": {"pos": "rope", "norm": "rmsnorm", "activation": "swiglu", "tie_embeddings": True, "bias": True,
+                       "n_kv_head": 2},
+    "arcee-cpu-small": {"pos": "rope", "norm": "rmsnorm", "activation": "gelu", "tie_embeddings": True, "bias": False},
+    # no stock class: PsyDuck's own code in the folder
+    "psyduck-seed": {"pos": "sinusoidal", "norm": "layernorm", "activation": "relu", "tie_embeddings": False, "bias": True,
+                     "head_bias": True},
+    "psyduck-rope-layernorm": {"pos": "rope", "norm": "layernorm", "activation": "gelu", "tie_embeddings": True,
+                               "bias": True, "n_kv_head": 2},
+    "psyduck-learned-rmsnorm-swiglu": {"pos": "learned", "norm": "rmsnorm", "activation": "swiglu",
+                                       "tie_embeddings": False, "bias": False},
+    "psyduck-sinusoidal-rmsnorm-headbias": {"pos": "sinusoidal", "norm": "rmsnorm", "activation": "gelu",
+                                            "tie_embeddings": False, "bias": False, "head_bias": True},
+}
 # every preset's architecture, at test size
 PRESET_ARCHS = {name: {k: getattr(cfg.model, k) for k in ARCH_FIELDS} for name, cfg in presets.items()}
 

@@ -7,25 +7,22 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from psyduck import PsyDuckError, load_run
-from psyduck.io import write_json_atomic
-from psyduck.runs import RunFolder, list_checkpoints, read_run_config, save_checkpoint
-from psyduck.config import Config, DataConfig, ModelConfig
+from psyduck.generate import generate
 from psyduck.interop import export
 from psyduck.interop.hf_export import export_hf
-from psyduck.generate import generate
-from psyduck.model import GPT, sinusoidal_positions
+from psyduck.model import GPT
+from psyduck.runs import RunFolder, list_checkpoints, read_run_config, save_checkpoint
 from psyduck.tokenizer import EOT, Tokenizer, cl100k_base, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
 from conftest import run_cli
-from export_helpers import BLOCK, PRESET_ARCHS, make_run
+from export_helpers import ARCHS, BLOCK, PRESET_ARCHS, make_run
 
 TEXT = "The history of the world, in 2024 words: café, 東京 and   spaces.\nNew line!"
 
@@ -36,20 +33,7 @@ def bpe(tiny_data: Path) -> Tokenizer:
     return load_tokenizer(tiny_data)
 
 
-KINDS = {
-    "gpt2-tied": dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True),
-    "gpt2-untied-gqa-nobias": dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=False, bias=False, n_kv_head=2),
-    "gpt2-seed-math": dict(pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=True, bias=True),
-    "llama-mha": dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=False, bias=False, rope_theta=500.0, norm_eps=1e-6),
-    "llama-gqa-bias": dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=True, bias=True, n_kv_head=2),
-    "arcee-cpu-small": dict(pos="rope", norm="rmsnorm", activation="gelu", tie_embeddings=True, bias=False),
-    # no stock class: PsyDuck's own code in the folder
-    "psyduck-seed": dict(pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=False, bias=True, head_bias=True),
-    "psyduck-rope-layernorm": dict(pos="rope", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True, n_kv_head=2),
-    "psyduck-learned-rmsnorm-swiglu": dict(pos="learned", norm="rmsnorm", activation="swiglu", tie_embeddings=False, bias=False),
-    "psyduck-sinusoidal-rmsnorm-headbias": dict(pos="sinusoidal", norm="rmsnorm", activation="gelu", tie_embeddings=False,
-                                               bias=False, head_bias=True),
-}
+KINDS = ARCHS  # every one exports to Hugging Face
 HF_CLASS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM", "psyduck": "PsyDuckForCausalLM"}
 # the class each preset's architecture exports to
 PRESET_CLASS = {"seed-60m": "PsyDuckForCausalLM", "cpu-small": "ArceeForCausalLM", "tiny": "GPT2LMHeadModel",

@@ -9,25 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli
-from export_helpers import BLOCK, PRESET_ARCHS, make_run
+from export_helpers import ARCHS, BLOCK, PRESET_ARCHS, make_run
+
 from psyduck import PsyDuckError
+from psyduck.config import ModelConfig
 from psyduck.interop import export
 from psyduck.interop.gguf_quant import Q8_0_TOLERANCE, tensor_type
-from psyduck.config import ModelConfig
 from psyduck.model import GPT, sinusoidal_positions
 from psyduck.tokenizer import EOT, Tokenizer, load_tokenizer
 
 gguf = pytest.importorskip("gguf")
 
-KINDS = {
-    "gpt2-tied": dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True),
-    "gpt2-untied-gqa-nobias": dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=False, bias=False, n_kv_head=2),
-    "gpt2-sinusoidal": dict(pos="sinusoidal", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True),
-    "llama-mha": dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=False, bias=False, rope_theta=500.0, norm_eps=1e-6),
-    "llama-gqa-bias": dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=True, bias=True, n_kv_head=2),
-}
+KINDS = {k: ARCHS[k] for k in ("gpt2-tied", "gpt2-untied-gqa-nobias", "gpt2-sinusoidal", "llama-mha", "llama-gqa-bias")}
 GGML = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
 FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}
 
@@ -64,7 +58,7 @@ def expected_gguf(model: GPT, arch: str) -> dict[str, torch.Tensor]:
         exp["output_norm.bias"] = sd.get("norm.bias", torch.zeros(c.d_model))
     if not c.tie_embeddings:
         exp["output.weight"] = sd["lm_head.weight"]
-    zeros = lambda n: torch.zeros(n)  # noqa: E731
+    zeros = lambda n: torch.zeros(n)
     for i in range(c.n_layer):
         p, b = f"blocks.{i}.", f"blk.{i}."
         qkv = sd[p + "attn.qkv.weight"]
@@ -221,7 +215,7 @@ def test_quantized_export_prints_size_and_measured_agreement(bpe, tmp_path):
     r = run_cli("export", str(tmp_path / "run"), "--format", "gguf", "--quant", "q8_0", "--out", str(out))
     assert r.returncode == 0, r.stderr
     m = re.search(rf"^{re.escape(str(out))}: ([0-9.]+) MB \(q8_0\); next-token agreement with float32: ([0-9.]+)% "
-                  r"of (\d+) positions of a sample text$", r.stdout, re.M)
+                  r"of (\d+) positions of a sample text$", r.stdout, re.MULTILINE)
     assert m, r.stdout
     assert float(m[1]) == pytest.approx(out.stat().st_size / 1e6, abs=0.051)
     assert 90.0 <= float(m[2]) <= 100.0 and int(m[3]) >= BLOCK

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import run_cli
 from export_helpers import PRESET_ARCHS, make_run
+
 from psyduck.interop import export
 from psyduck.io import write_json_atomic
 from psyduck.tokenizer import Tokenizer, load_tokenizer
@@ -86,7 +86,7 @@ class StandInHub(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": data})
         base = f"http://127.0.0.1:{self.server.server_port}/user/demo"
@@ -101,7 +101,7 @@ class StandInHub(BaseHTTPRequestHandler):
             return self._reply({"commitUrl": f"{base}/commit/{'1' * 40}", "commitOid": "1" * 40})
         return self._reply({"error": "not here"}, 404)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._reply({"error": "not here"}, 404)
 
     def log_message(self, *args: object) -> None:

@@ -32,9 +32,14 @@ import torch
 
 from psyduck.config import ModelConfig
 from psyduck.errors import PsyDuckError
-from psyduck.interop.hf_tokenizer import hf_tokenizer_json
 from psyduck.interop import QUANTS
-from psyduck.interop.gguf_quant import encode_tensor, file_type, next_token_agreement, tensor_type
+from psyduck.interop.gguf_quant import (
+    encode_tensor,
+    file_type,
+    next_token_agreement,
+    tensor_type,
+)
+from psyduck.interop.hf_tokenizer import hf_tokenizer_json
 from psyduck.interop.layout import logical_tensors
 from psyduck.interop.loading import claim_output, load_for_export
 from psyduck.io import atomic_path

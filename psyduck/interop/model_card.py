@@ -89,8 +89,8 @@ def _training(cfg: Config, last: dict[str, Any] | None) -> str:
     t = cfg.train
     lines = [
         "## Training\n",
-        f"- AdamW, lr {t.lr:g} ({t.schedule}), weight decay {t.weight_decay:g}, betas ({t.beta1:g}, {t.beta2:g}), "
-        f"batch {t.batch_size} x {t.grad_accum} accumulation, {t.max_iters} steps planned",
+        (f"- AdamW, lr {t.lr:g} ({t.schedule}), weight decay {t.weight_decay:g}, betas ({t.beta1:g}, {t.beta2:g}), "
+         f"batch {t.batch_size} x {t.grad_accum} accumulation, {t.max_iters} steps planned"),
     ]
     if last is not None:
         lines.append(f"- trained {last['step']} steps, {last.get('tokens', 0):,} tokens, in {_duration(last.get('elapsed_s'))}")

@@ -18,11 +18,11 @@ only the real tokens, so a padded row computes what it would alone.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -122,7 +122,7 @@ class Block(nn.Module):
 class PsyDuckPreTrainedModel(PreTrainedModel):
     config_class = PsyDuckConfig
     base_model_prefix = "psyduck"
-    _no_split_modules = ["Block"]
+    _no_split_modules: ClassVar[list[str]] = ["Block"]
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -140,7 +140,7 @@ class PsyDuckPreTrainedModel(PreTrainedModel):
 class PsyDuckForCausalLM(PsyDuckPreTrainedModel, GenerationMixin):
     """The whole model: input_ids (B, T) -> logits (B, T, vocab), PsyDuck's `GPT` with `transformers` manners."""
 
-    _tied_weights_keys = {"lm_head.weight": "tok_emb.weight"}
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "tok_emb.weight"}
 
     def __init__(self, config: PsyDuckConfig) -> None:
         super().__init__(config)
@@ -188,7 +188,7 @@ class PsyDuckForCausalLM(PsyDuckPreTrainedModel, GenerationMixin):
         **kwargs: Any,  # cache, position_ids, ... from generation: unused (no KV cache)
     ) -> CausalLMOutputWithPast:
         config = self.config
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if T > config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds block_size {config.block_size}")
         if attention_mask is not None:
