@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from psyduck.config import Config, DataConfig, ModelConfig
@@ -55,3 +57,13 @@ def make_run(root: Path, tok: Tokenizer, seed: int = 0, **model: object) -> GPT:
     tok.save(root)
     save_checkpoint(root, 0, m, None, {})
     return m.eval()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`psyduck ARGS` in this process (a traceback would fail the test), shaped as run_cli's result."""
+    from psyduck.cli import main
+
+    capsys.readouterr()
+    rc = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), rc, captured.out, captured.err)

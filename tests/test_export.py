@@ -21,8 +21,7 @@ from psyduck.tokenizer import EOT, Tokenizer, cl100k_base, load_tokenizer
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-from conftest import run_cli
-from export_helpers import ARCHS, BLOCK, PRESET_ARCHS, make_run
+from export_helpers import ARCHS, BLOCK, PRESET_ARCHS, cli, make_run
 
 TEXT = "The history of the world, in 2024 words: café, 東京 and   spaces.\nNew line!"
 
@@ -219,25 +218,25 @@ def test_import_hf_reads_pytorch_model_bin_too(gpt2_folder, tmp_path):
 # Errors: one line each
 # ---------------------------------------------------------------------------------------------
 
-def test_export_refuses_nan_weights_in_one_line(bpe, tmp_path):
-    from psyduck.cli import main
-
+def test_export_refuses_nan_weights_in_one_line(bpe, tmp_path, capsys):
     model = make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
     with torch.no_grad():
         model.blocks[1].ffn.up.weight[0, 0] = float("nan")
     save_checkpoint(tmp_path / "run", 1, model, None, {})
-    r = run_cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
+    r = cli(capsys, "export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
     assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr
     assert r.stderr == (
         f"psyduck: error: cannot export {tmp_path / 'run'}: 1 weight tensor(s) hold NaN or infinite values "
         "(first: blocks.1.ffn.up.weight); export an earlier checkpoint with --checkpoint\n"
     )
     assert not (tmp_path / "hf").exists()
+    from psyduck.cli import main
+
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"), "--checkpoint",
                  str(tmp_path / "run" / "checkpoints" / "step_0000000")]) == 0
 
 
-def test_export_refuses_existing_outputs_without_force(bpe, tmp_path):
+def test_export_refuses_existing_outputs_without_force(bpe, tmp_path, capsys):
     make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
     mine = tmp_path / "mine.gguf"
     mine.write_text("my own file")
@@ -245,15 +244,15 @@ def test_export_refuses_existing_outputs_without_force(bpe, tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
     for fmt, out in (("gguf", mine), ("hf", folder), ("ollama", folder)):
-        r = run_cli("export", str(tmp_path / "run"), "--format", fmt, "--out", str(out))
+        r = cli(capsys, "export", str(tmp_path / "run"), "--format", fmt, "--out", str(out))
         assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr, fmt
         assert r.stderr == f"psyduck: error: --out {out} already exists; choose another name, or pass --force to replace it\n"
     assert mine.read_text() == "my own file" and (folder / "notes.txt").read_text() == "mine"
-    r = run_cli("export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "run"), "--force")
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "run"), "--force")
     assert r.returncode == 2 and r.stderr == (
         f"psyduck: error: --out {tmp_path / 'run'} holds a run; export to a folder of its own, e.g. exports/run-hf\n"
     )
-    r = run_cli("export", str(tmp_path / "run"), "--format", "gguf", "--out", str(folder))
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "gguf", "--out", str(folder))
     assert r.returncode == 2 and r.stderr == (
         f"psyduck: error: --out {folder} is a folder; give the file's name, e.g. {folder / 'model.gguf'}\n"
     )
@@ -261,6 +260,23 @@ def test_export_refuses_existing_outputs_without_force(bpe, tmp_path):
     export(tmp_path / "run", "hf", folder, force=True)
     assert mine.read_bytes()[:4] == b"GGUF" and not (folder / "notes.txt").exists()
     assert (folder / "config.json").exists()
+
+
+def test_export_to_an_unwritable_place_or_with_wrong_flags_is_one_line(bpe, tmp_path, capsys):
+    make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a file where a folder would have to be: no permission bits involved (tests may run as root)
+    for fmt, name in (("hf", "hf"), ("gguf", "m.gguf"), ("ollama", "ol")):
+        out = blocker / name
+        r = cli(capsys, "export", str(tmp_path / "run"), "--format", fmt, "--out", str(out))
+        assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr, fmt
+        assert r.stderr == (
+            f"psyduck: error: cannot write --out {out}: {blocker} is a file, not a folder; choose a writable place for the export\n"
+        )
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "hf", "--quant", "q8_0", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr == (
+        "psyduck: error: --quant is for --format gguf or ollama; a Hugging Face export is float32\n"
+    )
 
 
 def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
-from export_helpers import ARCHS, BLOCK, PRESET_ARCHS, make_run
+from export_helpers import ARCHS, BLOCK, PRESET_ARCHS, cli, make_run
 
 from psyduck import PsyDuckError
 from psyduck.config import ModelConfig
@@ -209,26 +208,27 @@ def test_q8_0_falls_back_to_f16_where_rows_do_not_split_into_blocks(bpe, tmp_pat
         assert_within_type(t.name, tensor_type(t.name, want.shape, "q8_0"), read_back(t, want.shape), want)
 
 
-def test_quantized_export_prints_size_and_measured_agreement(bpe, tmp_path):
+def test_quantized_export_prints_size_and_measured_agreement(bpe, tmp_path, capsys):
     make_run(tmp_path / "run", bpe, **KINDS["llama-mha"])
     out = tmp_path / "m.gguf"
-    r = run_cli("export", str(tmp_path / "run"), "--format", "gguf", "--quant", "q8_0", "--out", str(out))
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "gguf", "--quant", "q8_0", "--out", str(out))
     assert r.returncode == 0, r.stderr
     m = re.search(rf"^{re.escape(str(out))}: ([0-9.]+) MB \(q8_0\); next-token agreement with float32: ([0-9.]+)% "
                   r"of (\d+) positions of a sample text$", r.stdout, re.MULTILINE)
     assert m, r.stdout
     assert float(m[1]) == pytest.approx(out.stat().st_size / 1e6, abs=0.051)
     assert 90.0 <= float(m[2]) <= 100.0 and int(m[3]) >= BLOCK
-    r = run_cli("export", str(tmp_path / "run"), "--format", "gguf", "--out", str(tmp_path / "f.gguf"))
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "gguf", "--out", str(tmp_path / "f.gguf"))
     assert f"{tmp_path / 'f.gguf'}: " in r.stdout and "(f32); float32, the weights exactly" in r.stdout
     assert (tmp_path / "f.gguf").stat().st_size > 3 * out.stat().st_size
 
 
-def test_ollama_folder_has_the_gguf_and_a_modelfile(bpe, tmp_path):
+def test_ollama_folder_has_the_gguf_and_a_modelfile(bpe, tmp_path, capsys):
     make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
-    r = run_cli("export", str(tmp_path / "run"), "--format", "ollama", "--out", str(tmp_path / "ol"))
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "ollama", "--out", str(tmp_path / "ol"))
     assert r.returncode == 0, r.stderr
     assert f"run it: ollama create run -f {tmp_path / 'ol' / 'Modelfile'}" in r.stdout
+    assert f"{tmp_path / 'ol' / 'model.gguf'}: " in r.stdout and ".tmp-" not in r.stdout
     assert sorted(p.name for p in (tmp_path / "ol").iterdir()) == ["Modelfile", "model.gguf"]
     reader = gguf.GGUFReader(str(tmp_path / "ol" / "model.gguf"))
     assert reader.fields["general.file_type"].contents() == FILE_TYPE["q8_0"]  # ollama's default

@@ -142,6 +142,7 @@ def test_push_to_hub_uploads_every_file_of_the_folder(bpe, hub, tmp_path):
     on_disk = {p.name: p.read_bytes() for p in out.iterdir()}
     assert {"README.md", "model.safetensors", "config.json", "tokenizer.json", "loss_curve.png"} <= set(on_disk)
     assert uploaded == on_disk
+    assert 'AutoModelForCausalLM.from_pretrained("user/demo")' in on_disk["README.md"].decode()  # loads from the Hub
 
 
 def free_port() -> int:
@@ -165,6 +166,7 @@ def test_push_to_hub_offline_or_without_a_token_is_one_line(bpe, tmp_path):
     assert r.returncode == 2 and r.stderr == (
         "psyduck: error: --push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login`\n"
     )
+    assert not (tmp_path / "b").exists()  # refused before exporting
     r = run_cli("export", str(run), "--format", "gguf", "--push-to-hub", "user/demo", env=hub_env(tmp_path, endpoint))
     assert r.returncode == 2 and r.stderr == (
         "psyduck: error: --push-to-hub uploads a Hugging Face folder; use it with --format hf, not gguf\n"

@@ -63,12 +63,12 @@ def export(
 
         return export_ollama(run, out, checkpoint, quant=quant or "q8_0", force=force, log=log)
     from psyduck.interop.hf_export import export_hf
+    from psyduck.interop.hub import hub_target, push
 
-    export_hf(run, out, checkpoint, force=force)
-    if push_to_hub:
-        from psyduck.interop.hub import push_to_hub as push
-
-        url = push(out, push_to_hub)
+    target = hub_target(push_to_hub) if push_to_hub else None  # refuse before exporting, not after
+    export_hf(run, out, checkpoint, force=force, repo=push_to_hub)
+    if target is not None:
+        url = push(out, target)
         if log is not None:
             log(f"pushed {out} -> {url}")
     return out

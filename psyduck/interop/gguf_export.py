@@ -41,7 +41,7 @@ from psyduck.interop.gguf_quant import (
 )
 from psyduck.interop.hf_tokenizer import hf_tokenizer_json
 from psyduck.interop.layout import logical_tensors
-from psyduck.interop.loading import claim_output, load_for_export
+from psyduck.interop.loading import claim_output, load_for_export, writing
 from psyduck.io import atomic_path
 from psyduck.model import GPT
 from psyduck.tokenizer import CL100K, Tokenizer
@@ -113,12 +113,13 @@ def gguf_vocab(tokenizer_json: str, n_vocab: int) -> tuple[list[str], list[int],
 
 def export_gguf(
     run: str | Path, out: str | Path, checkpoint: str | None = None, quant: str = "f32", force: bool = False,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, shown_as: Path | None = None,
 ) -> Path:
     """Write run `run` as one GGUF file in llama.cpp's layout for gpt2 or llama, its matrices as `quant`.
 
     `log` (when given) receives one line: the file's size and, for f16 / q8_0, the measured
-    next-token agreement with float32.
+    next-token agreement with float32; `shown_as` is the file's name there (default `out`), for a
+    file written inside a folder that is renamed into place afterwards.
     """
     try:
         import gguf
@@ -133,8 +134,7 @@ def export_gguf(
     tensors = gguf_tensors(logical_tensors(model, arch, GGUF_LABEL), arch, cfg)
     tokens, types, merges = gguf_vocab(hf_tokenizer_json(run, tok), cfg.vocab_size)
     claim_output(out, force, "file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    with writing(out), atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         _write_metadata(w, gguf, cfg, arch, run.name, quant)
         _write_vocab(w, tok, tokens, types, merges)
@@ -148,13 +148,13 @@ def export_gguf(
         finally:
             w.close()
     if log is not None:
-        log(_report(out, model, tok, quant, gguf))
+        log(_report(out, shown_as or out, model, tok, quant, gguf))
     return out
 
 
-def _report(out: Path, model: GPT, tok: Tokenizer, quant: str, gguf: Any) -> str:
+def _report(out: Path, shown_as: Path, model: GPT, tok: Tokenizer, quant: str, gguf: Any) -> str:
     """"NAME: 12.3 MB (q8_0); next-token agreement with float32 99.6% of 256 positions"."""
-    line = f"{out}: {out.stat().st_size / 1e6:.1f} MB ({quant})"
+    line = f"{shown_as}: {out.stat().st_size / 1e6:.1f} MB ({quant})"
     if quant == "f32":
         return line + "; float32, the weights exactly"
     agree, n = next_token_agreement(model, tok, quant, gguf)

@@ -30,7 +30,7 @@ from psyduck.interop.gpt2_names import hf_name
 from psyduck.interop.hf_remote import remote_config, remote_files, remote_tensors
 from psyduck.interop.hf_tokenizer import hf_tokenizer_json
 from psyduck.interop.layout import logical_tensors, output_bias
-from psyduck.interop.loading import claim_output, load_for_export
+from psyduck.interop.loading import claim_output, load_for_export, writing
 from psyduck.interop.model_card import model_card
 from psyduck.io import atomic_folder, write_json_atomic, write_text_atomic
 from psyduck.tokenizer import EOT
@@ -142,8 +142,13 @@ def hf_config(cfg: ModelConfig, family: str, eot_id: int) -> dict[str, Any]:
     }
 
 
-def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None, force: bool = False) -> Path:
-    """Write run `run` as a `transformers` folder: config, weights, tokenizer, model card (and code if needed)."""
+def export_hf(
+    run: str | Path, out: str | Path, checkpoint: str | None = None, force: bool = False, repo: str | None = None,
+) -> Path:
+    """Write run `run` as a `transformers` folder: config, weights, tokenizer, model card (and code if needed).
+
+    `repo` is the name the card loads the model by (the Hub repository; default the folder's name).
+    """
     from safetensors.torch import save_file
 
     run, out = Path(run), Path(out)
@@ -156,8 +161,7 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None, f
         tensors = hf_tensors(logical_tensors(model, family, HF_LABEL), family)
     tokenizer_json = hf_tokenizer_json(run, tok)
     claim_output(out, force, "folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_folder(out) as tmp:
+    with writing(out), atomic_folder(out) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json_atomic(tmp / "config.json", hf_config(cfg, family, tok.eot_id))
         write_json_atomic(
@@ -169,7 +173,7 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None, f
         if family == "psyduck":
             for name, text in remote_files().items():
                 write_text_atomic(tmp / name, text)
-        card = model_card(run, model, tok, HF_ARCHITECTURES[family], remote_code=family == "psyduck", repo=out.name)
+        card = model_card(run, model, tok, HF_ARCHITECTURES[family], remote_code=family == "psyduck", repo=repo or out.name)
         write_text_atomic(tmp / "README.md", card.text)
         for name, path in card.files.items():
             (tmp / name).write_bytes(path.read_bytes())

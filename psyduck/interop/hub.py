@@ -10,25 +10,42 @@ from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from psyduck.errors import PsyDuckError
 
 
-def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
-    """Upload `folder` to model repository `repo_id`; returns the repository's URL."""
+@dataclass(frozen=True)
+class HubTarget:
+    """Where an upload goes, checked before anything is exported: repository, server, token."""
+
+    repo_id: str
+    endpoint: str
+    token: str
+
+
+def hub_target(repo_id: str) -> HubTarget:
+    """Check what an upload needs before the export runs: huggingface_hub, a user/repo name, a token."""
     try:
         import huggingface_hub
-        from huggingface_hub.errors import HfHubHTTPError
     except ModuleNotFoundError:
         raise PsyDuckError("--push-to-hub needs huggingface_hub; install it with `pip install huggingface_hub`") from None
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PsyDuckError(f"--push-to-hub {repo_id!r} is not a repository name; give it as user/repo")
-    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     token = huggingface_hub.get_token()
     if not token:
         raise PsyDuckError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
-    api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
+    return HubTarget(repo_id, os.environ.get("HF_ENDPOINT") or "https://huggingface.co", token)
+
+
+def push(folder: Path, target: HubTarget, private: bool = False) -> str:
+    """Upload `folder` to model repository `target.repo_id` in one commit; returns the repository's URL."""
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError
+
+    repo_id = target.repo_id
+    api = huggingface_hub.HfApi(endpoint=target.endpoint, token=target.token)
     try:
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
@@ -37,7 +54,7 @@ def push_to_hub(folder: Path, repo_id: str, private: bool = False) -> str:
         reason = " ".join(str(e).split())[:200]
         raise PsyDuckError(f"the Hub refused the upload of {folder} to {repo_id}: {reason}") from None
     except (OSError, *_transport_errors()) as e:  # connection refused, DNS, timeouts
-        raise _offline(folder, repo_id, endpoint, e) from None
+        raise _offline(folder, repo_id, target.endpoint, e) from None
     return str(url)
 
 

@@ -1,12 +1,15 @@
 """What every exporter does first: load the run's weights (refusing broken ones) and claim the output path.
 
-Two refusals live here, once for every format: weights holding NaN or infinity (a diverged run
-exports garbage that no runtime would flag), and an output path that already exists (an export
-never replaces a user's file or folder unless asked to, with `--force`).
+Three refusals live here, once for every format: weights holding NaN or infinity (a diverged run
+exports garbage that no runtime would flag), an output path that already exists (an export
+never replaces a user's file or folder unless asked to, with `--force`), and one that cannot be
+written (`writing`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,3 +46,16 @@ def claim_output(out: Path, force: bool, kind: str) -> None:
         raise PsyDuckError(f"--out {out} holds a run; export to a folder of its own, e.g. exports/{out.name}-hf")
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not force:
         raise PsyDuckError(f"--out {out} already exists; choose another name, or pass --force to replace it")
+
+
+@contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Turn a failure to create or write `out` (no such folder, no permission, a full disk) into one line."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        yield
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:  # a file where a folder must be
+            reason = f"{e.filename} is a file, not a folder"
+        raise PsyDuckError(f"cannot write --out {out}: {reason}; choose a writable place for the export") from None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from psyduck.interop.gguf_export import export_gguf
-from psyduck.interop.loading import claim_output
+from psyduck.interop.loading import claim_output, writing
 from psyduck.io import atomic_folder, write_text_atomic
 from psyduck.runs import read_run_config
 from psyduck.tokenizer import EOT
@@ -41,9 +41,8 @@ def export_ollama(
     run, out = Path(run), Path(out)
     claim_output(out, force, "folder")
     block_size = read_run_config(run).model.block_size
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_folder(out) as tmp:
-        export_gguf(run, tmp / GGUF_NAME, checkpoint, quant=quant, log=log)
+    with writing(out), atomic_folder(out) as tmp:
+        export_gguf(run, tmp / GGUF_NAME, checkpoint, quant=quant, log=log, shown_as=out / GGUF_NAME)
         write_text_atomic(tmp / "Modelfile", modelfile(block_size))
     if log is not None:
         log(f"run it: ollama create {run.name} -f {out / 'Modelfile'}")
