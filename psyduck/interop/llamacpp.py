@@ -86,6 +86,14 @@ def compare(run: Path, gguf_path: Path, n_tokens: int = 30, prompt: str = "The h
     return Comparison(theirs_ids == ids, diff, ours == theirs, ours, theirs)
 
 
+def _is_float32(path: Path) -> bool:
+    """Whether a GGUF file is all float32 (general.file_type 0), the one held to 1e-3 logits."""
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("general.file_type")
+    return field is not None and int(field.contents()) == int(gguf.LlamaFileType.ALL_F32)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", help="the run folder the GGUF was exported from")
@@ -98,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     for path in args.gguf:
         c = compare(Path(args.run), Path(path), args.tokens)
-        good = c.same_tokens and c.same_greedy and (c.max_logit_diff <= 1e-3 or "f32" not in Path(path).name)
+        exact = _is_float32(Path(path))  # quantized files are held to tokens and greedy text only
+        good = c.same_tokens and c.same_greedy and (c.max_logit_diff <= 1e-3 or not exact)
         ok &= good
         print(f"{path}: tokenization {'equal' if c.same_tokens else 'DIFFERENT'}, max |logit diff| "
               f"{c.max_logit_diff:.2e}, {len(c.ours)} greedy tokens {'equal' if c.same_greedy else 'DIFFERENT'}")
