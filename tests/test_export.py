@@ -110,7 +110,7 @@ def test_psyduck_code_folder_works_in_pipeline_and_batched_padding(bpe, tmp_path
         code = (out / name).read_text()
         assert "import psyduck" not in code and "from psyduck" not in code
     hf = load_hf(out)
-    tok = transformers.AutoTokenizer.from_pretrained(out)
+    tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
     assert tok.pad_token == EOT
     pipe = transformers.pipeline("text-generation", model=hf, tokenizer=tok)
     text = pipe("The history", max_new_tokens=8, do_sample=False, return_full_text=False)[0]["generated_text"]

@@ -60,6 +60,7 @@ def test_model_card_holds_the_runs_figures(bpe, tmp_path):
         "- final validation loss 3.2100 (step 40)", "- bits per byte 1.2345",
         "| hellaswag | acc | 0.2900 | 0.0100 | 100 |", "| hellaswag | acc_norm | 0.3100 | 0.0120 | 100 |",
         "![loss curve](loss_curve.png)", 'AutoModelForCausalLM.from_pretrained("seed-hf", trust_remote_code=True)',
+        'AutoTokenizer.from_pretrained("seed-hf", trust_remote_code=True)',
     ):
         assert figure in card, figure
     assert card.count("| hellaswag |") == 2  # the metrics, not the settings beside them

@@ -121,12 +121,13 @@ def _results(last: dict[str, Any] | None, tasks: dict[str, Any]) -> str:
 def _usage(repo: str, remote_code: bool) -> str:
     trust = ", trust_remote_code=True" if remote_code else ""
     note = (
-        "\nThe model's code (`modeling_psyduck.py`) ships in this folder: `trust_remote_code=True` runs it.\n"
+        "\nThe model's code (`modeling_psyduck.py`) ships in this folder: `trust_remote_code=True` runs it "
+        "(the tokenizer is a plain `PreTrainedTokenizerFast`, but `transformers` reads the model's config to find it).\n"
         if remote_code else ""
     )
     return (
         "## How to use\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f'tok = AutoTokenizer.from_pretrained("{repo}")\n'
+        f'tok = AutoTokenizer.from_pretrained("{repo}"{trust})\n'
         f'model = AutoModelForCausalLM.from_pretrained("{repo}"{trust})\n'
         'ids = tok("The history of", return_tensors="pt").input_ids\n'
         "print(tok.decode(model.generate(ids, max_new_tokens=40, do_sample=False)[0]))\n```\n" + note
