@@ -121,9 +121,8 @@ def hub() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 def hub_env(tmp_path: Path, endpoint: str, token: str | None = "hf_test_token") -> dict[str, str]:
-    env = {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
-           "HF_TOKEN": token or ""}
-    return env
+    return {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_TOKEN": token or "", "HF_HUB_OFFLINE": "0"}  # other tests set HF_HUB_OFFLINE in this process
 
 
 def test_push_to_hub_uploads_every_file_of_the_folder(bpe, hub, tmp_path):
@@ -168,6 +167,11 @@ def test_push_to_hub_offline_or_without_a_token_is_one_line(bpe, tmp_path):
         "psyduck: error: --push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login`\n"
     )
     assert not (tmp_path / "b").exists()  # refused before exporting
+    r = run_cli("export", str(run), "--out", str(tmp_path / "b"), "--push-to-hub", "user/demo",
+                env={**hub_env(tmp_path, endpoint), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and r.stderr == (
+        "psyduck: error: --push-to-hub cannot upload while HF_HUB_OFFLINE is set; unset it to push\n"
+    )
     r = run_cli("export", str(run), "--format", "gguf", "--push-to-hub", "user/demo", env=hub_env(tmp_path, endpoint))
     assert r.returncode == 2 and r.stderr == (
         "psyduck: error: --push-to-hub uploads a Hugging Face folder; use it with --format hf, not gguf\n"

@@ -3,14 +3,14 @@
 `huggingface_hub` does the work: it creates the repository (or finds it) and uploads the folder
 in one commit. The token is the usual one: the HF_TOKEN environment variable, or the one
 `hf auth login` saved. HF_ENDPOINT points it at another server (the tests use one on 127.0.0.1).
-Each failure is one line: no token, no connection, or what the Hub answered.
+Each failure is one line: no token, offline mode, no connection, or what the Hub answered.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from psyduck.errors import PsyDuckError
@@ -22,7 +22,7 @@ class HubTarget:
 
     repo_id: str
     endpoint: str
-    token: str
+    token: str = field(repr=False)  # never printed
 
 
 def hub_target(repo_id: str) -> HubTarget:
@@ -33,6 +33,8 @@ def hub_target(repo_id: str) -> HubTarget:
         raise PsyDuckError("--push-to-hub needs huggingface_hub; install it with `pip install huggingface_hub`") from None
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise PsyDuckError(f"--push-to-hub {repo_id!r} is not a repository name; give it as user/repo")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise PsyDuckError("--push-to-hub cannot upload while HF_HUB_OFFLINE is set; unset it to push")
     token = huggingface_hub.get_token()
     if not token:
         raise PsyDuckError("--push-to-hub needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
