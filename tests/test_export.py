@@ -7,25 +7,23 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from psyduck import PsyDuckError, load_run
-from psyduck.io import write_json_atomic
-from psyduck.runs import RunFolder, list_checkpoints, read_run_config, save_checkpoint
-from psyduck.config import Config, DataConfig, ModelConfig
+from psyduck.generate import generate
 from psyduck.interop import export
 from psyduck.interop.hf_export import export_hf
-from psyduck.generate import generate
-from psyduck.model import GPT, sinusoidal_positions
+from psyduck.model import GPT
+from psyduck.runs import RunFolder, list_checkpoints, read_run_config, save_checkpoint
 from psyduck.tokenizer import EOT, Tokenizer, cl100k_base, load_tokenizer
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
+from export_helpers import ARCHS, BLOCK, PRESET_ARCHS, cli, make_run
+
 TEXT = "The history of the world, in 2024 words: café, 東京 and   spaces.\nNew line!"
-BLOCK = 32
 
 
 @pytest.fixture(scope="module")
@@ -34,31 +32,16 @@ def bpe(tiny_data: Path) -> Tokenizer:
     return load_tokenizer(tiny_data)
 
 
-def make_run(root: Path, tok: Tokenizer, seed: int = 0, **model: object) -> GPT:
-    """A run folder holding a small random model whose outputs are far from uniform."""
-    cfg = ModelConfig(**{"vocab_size": tok.vocab_size, "block_size": BLOCK, "d_model": 32, "n_layer": 2, "n_head": 4,
-                         "dropout": 0.0, **model})
-    torch.manual_seed(seed)
-    m = GPT(cfg)
-    with torch.no_grad():  # bigger, non-trivial weights: norms and biases away from 1 and 0
-        for name, p in m.named_parameters():
-            p.add_(torch.randn_like(p) * (0.1 if "norm" in name or name.endswith("bias") else 0.2))
-    root.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(root / "config.json", Config(model=cfg, data=DataConfig(tokenizer=tok.name)).to_dict())
-    tok.save(root)
-    save_checkpoint(root, 0, m, None, {})
-    return m.eval()
+KINDS = ARCHS  # every one exports to Hugging Face
+HF_CLASS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM", "psyduck": "PsyDuckForCausalLM"}
+# the class each preset's architecture exports to
+PRESET_CLASS = {"seed-60m": "PsyDuckForCausalLM", "cpu-small": "ArceeForCausalLM", "tiny": "GPT2LMHeadModel",
+                "gpt2-124m": "GPT2LMHeadModel"}
 
 
-KINDS = {
-    "gpt2-tied": dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True),
-    "gpt2-untied-gqa-nobias": dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=False, bias=False, n_kv_head=2),
-    "gpt2-seed-math": dict(pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=True, bias=True),
-    "llama-mha": dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=False, bias=False, rope_theta=500.0, norm_eps=1e-6),
-    "llama-gqa-bias": dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=True, bias=True, n_kv_head=2),
-    "arcee-cpu-small": dict(pos="rope", norm="rmsnorm", activation="gelu", tie_embeddings=True, bias=False),
-}
-HF_CLASS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM"}
+def load_hf(folder: Path):
+    """AutoModelForCausalLM, trusting the folder's code (used only by PsyDuckForCausalLM folders)."""
+    return transformers.AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
 
 
 def greedy(model: GPT, hf_model, prompt: list[int], eot: int) -> tuple[list[int], list[int]]:
@@ -71,6 +54,27 @@ def greedy(model: GPT, hf_model, prompt: list[int], eot: int) -> tuple[list[int]
     return ours, theirs
 
 
+def assert_same_model(model: GPT, hf, tok: Tokenizer) -> None:
+    """Logits within 1e-4 on random windows, and the same greedy continuation."""
+    idx = torch.randint(0, tok.vocab_size, (2, BLOCK), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(idx)[0], hf(idx).logits
+    assert ours.std() > 1.0  # the comparison means something: logits are far from uniform
+    assert (ours - theirs).abs().max().item() < 1e-4
+    prompt = tok.encode("The history")
+    a, b = greedy(model, hf, prompt, tok.eot_id)
+    assert a == b and len(a) > len(prompt)
+
+
+@pytest.mark.parametrize("preset", list(PRESET_ARCHS))
+def test_every_presets_architecture_exports_to_hf_with_the_same_logits(preset, bpe, tmp_path):
+    model = make_run(tmp_path / "run", bpe, **PRESET_ARCHS[preset])
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    hf = load_hf(out)
+    assert type(hf).__name__ == PRESET_CLASS[preset]
+    assert_same_model(model, hf, bpe)
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_hf_export_matches_logits_and_greedy_generation(kind, bpe, tmp_path):
     model = make_run(tmp_path / "run", bpe, **KINDS[kind])
@@ -78,17 +82,12 @@ def test_hf_export_matches_logits_and_greedy_generation(kind, bpe, tmp_path):
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= {
         p.name for p in out.iterdir()
     }
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    remote = kind.startswith("psyduck")
+    assert ((out / "modeling_psyduck.py").exists(), (out / "configuration_psyduck.py").exists()) == (remote, remote)
+    hf = load_hf(out)
     assert type(hf).__name__ == HF_CLASS[kind.split("-")[0]]
     assert hf.config.tie_word_embeddings == KINDS[kind]["tie_embeddings"]
-    idx = torch.randint(0, bpe.vocab_size, (2, BLOCK), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ours, theirs = model(idx)[0], hf(idx).logits
-    assert ours.std() > 1.0  # the comparison means something: logits are far from uniform
-    assert (ours - theirs).abs().max().item() < 1e-4
-    prompt = bpe.encode("The history")
-    a, b = greedy(model, hf, prompt, bpe.eot_id)
-    assert a == b and len(a) > len(prompt)
+    assert_same_model(model, hf, bpe)
 
 
 def test_exported_bpe_tokenizer_encodes_like_psyduck(bpe, tmp_path):
@@ -98,6 +97,32 @@ def test_exported_bpe_tokenizer_encodes_like_psyduck(bpe, tmp_path):
     assert hf_tok(TEXT)["input_ids"] == bpe.encode(TEXT)
     assert hf_tok.decode(bpe.encode(TEXT)) == TEXT
     assert hf_tok.eos_token == EOT and hf_tok.eos_token_id == bpe.eot_id == hf_tok.bos_token_id
+
+
+def test_psyduck_code_folder_works_in_pipeline_and_batched_padding(bpe, tmp_path):
+    """The seed's architecture: pipeline("text-generation") continues like PsyDuck, and a padded batch
+    (pad_token set) gives each row what it gives alone."""
+    model = make_run(tmp_path / "run", bpe, **PRESET_ARCHS["seed-60m"])
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_psyduck.PsyDuckForCausalLM"
+    for name in ("modeling_psyduck.py", "configuration_psyduck.py"):  # the code travels alone
+        code = (out / name).read_text()
+        assert "import psyduck" not in code and "from psyduck" not in code
+    hf = load_hf(out)
+    tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    assert tok.pad_token == EOT
+    pipe = transformers.pipeline("text-generation", model=hf, tokenizer=tok)
+    text = pipe("The history", max_new_tokens=8, do_sample=False, return_full_text=False)[0]["generated_text"]
+    prompt = bpe.encode("The history")
+    ours = generate(model, torch.tensor([prompt]), max_new_tokens=8, temperature=0, eot_id=bpe.eot_id)[0].tolist()
+    assert text == bpe.decode(ours[len(prompt):])
+    batch = tok(["The history of the world", "A"], return_tensors="pt", padding=True)
+    assert batch["attention_mask"][1].tolist()[0] == 0  # left padding
+    with torch.no_grad():
+        padded = hf(**batch).logits[1, -1]
+        alone = hf(torch.tensor([bpe.encode("A")])).logits[0, -1]
+    assert (padded - alone).abs().max().item() < 1e-4
 
 
 def test_cl100k_converts_to_a_hf_tokenizer_with_tiktokens_ids(tmp_path):
@@ -111,143 +136,6 @@ def test_cl100k_converts_to_a_hf_tokenizer_with_tiktokens_ids(tmp_path):
     assert hf_tok.decode(ids) == text
     assert hf_tok.eos_token_id == tok.eot_id == 100257
     assert hf_tok.convert_ids_to_tokens(100276) == "<|endofprompt|>"
-
-
-# ---------------------------------------------------------------------------------------------
-# GGUF
-# ---------------------------------------------------------------------------------------------
-
-def gguf_fields(reader) -> dict:
-    return {name: field.contents() for name, field in reader.fields.items()}
-
-
-def interleave_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Expected llama.cpp row order, written out index by index: GGUF row 2j (2j+1) of a head is
-    Hugging Face row j (j + hs/2)."""
-    hs = w.shape[0] // n_head
-    order = [h * hs + (j // 2) + (hs // 2) * (j % 2) for h in range(n_head) for j in range(hs)]
-    return w[order]
-
-
-def expected_gguf(model: GPT, arch: str) -> dict[str, torch.Tensor]:
-    """What every tensor of the file must hold, straight from PsyDuck's state dict."""
-    c = model.config
-    sd = {k: v.detach().float() for k, v in model.state_dict().items()}
-    H, Hkv, hs = c.n_head, c.kv_heads, c.head_size
-    exp = {"token_embd.weight": sd["tok_emb.weight"], "output_norm.weight": sd["norm.weight"]}
-    if arch == "gpt2":
-        exp["position_embd.weight"] = sd["pos_emb.weight"] if c.pos == "learned" else sinusoidal_positions(BLOCK, c.d_model)
-        exp["output_norm.bias"] = sd.get("norm.bias", torch.zeros(c.d_model))
-    if not c.tie_embeddings:
-        exp["output.weight"] = sd["lm_head.weight"]
-    zeros = lambda n: torch.zeros(n)  # noqa: E731
-    for i in range(c.n_layer):
-        p, b = f"blocks.{i}.", f"blk.{i}."
-        qkv = sd[p + "attn.qkv.weight"]
-        qkv_b = sd.get(p + "attn.qkv.bias")
-        q, k, v = qkv.split([H * hs, Hkv * hs, Hkv * hs])
-        exp[b + "attn_norm.weight"], exp[b + "ffn_norm.weight"] = sd[p + "norm1.weight"], sd[p + "norm2.weight"]
-        exp[b + "attn_output.weight"] = sd[p + "attn.proj.weight"]
-        exp[b + "ffn_up.weight"], exp[b + "ffn_down.weight"] = sd[p + "ffn.up.weight"], sd[p + "ffn.down.weight"]
-        if arch == "gpt2":
-            g = H // Hkv  # kv head j serves query heads j*g .. j*g+g-1
-            k_full = torch.cat([k[(h // g) * hs : (h // g + 1) * hs] for h in range(H)])
-            v_full = torch.cat([v[(h // g) * hs : (h // g + 1) * hs] for h in range(H)])
-            exp[b + "attn_qkv.weight"] = torch.cat([q, k_full, v_full])
-            exp[b + "attn_qkv.bias"] = zeros(3 * c.d_model) if qkv_b is None else qkv_b
-            for name, key, n in (("attn_norm", "norm1", c.d_model), ("ffn_norm", "norm2", c.d_model),
-                                 ("attn_output", "attn.proj", c.d_model), ("ffn_up", "ffn.up", c.ffn_hidden),
-                                 ("ffn_down", "ffn.down", c.d_model)):
-                exp[f"{b}{name}.bias"] = sd.get(p + key + ".bias", zeros(n))
-        else:
-            exp[b + "attn_q.weight"], exp[b + "attn_k.weight"] = interleave_rows(q, H), interleave_rows(k, Hkv)
-            exp[b + "attn_v.weight"] = v
-            exp[b + "ffn_gate.weight"] = sd[p + "ffn.gate.weight"]
-            if qkv_b is not None:
-                qb, kb, vb = qkv_b.split([H * hs, Hkv * hs, Hkv * hs])
-                exp[b + "attn_q.bias"], exp[b + "attn_k.bias"] = interleave_rows(qb, H), interleave_rows(kb, Hkv)
-                exp[b + "attn_v.bias"] = vb
-                for name, key in (("attn_output", "attn.proj"), ("ffn_up", "ffn.up"), ("ffn_down", "ffn.down"), ("ffn_gate", "ffn.gate")):
-                    exp[f"{b}{name}.bias"] = sd[p + key + ".bias"]
-    return exp
-
-
-@pytest.mark.parametrize("kind", ["gpt2-untied-gqa-nobias", "gpt2-tied", "llama-gqa-bias", "llama-mha"])
-def test_gguf_holds_every_tensor_and_the_metadata(kind, bpe, tmp_path):
-    model = make_run(tmp_path / "run", bpe, **KINDS[kind])
-    arch = kind.split("-")[0]
-    path = export(tmp_path / "run", "gguf", tmp_path / "model.gguf")
-    reader = gguf.GGUFReader(str(path))
-    exp = expected_gguf(model, arch)
-    got = {t.name: t for t in reader.tensors}
-    assert set(got) == set(exp)
-    for name, t in got.items():
-        assert t.tensor_type == gguf.GGMLQuantizationType.F32, name
-        assert np.array_equal(np.asarray(t.data), exp[name].numpy()), name
-
-    f = gguf_fields(reader)
-    c = model.config
-    assert f["general.architecture"] == arch and f["general.file_type"] == 0
-    assert f[f"{arch}.context_length"] == BLOCK and f[f"{arch}.embedding_length"] == c.d_model
-    assert f[f"{arch}.block_count"] == c.n_layer and f[f"{arch}.feed_forward_length"] == c.ffn_hidden
-    assert f[f"{arch}.attention.head_count"] == c.n_head
-    if arch == "llama":
-        assert f["llama.attention.head_count_kv"] == c.kv_heads
-        assert f["llama.rope.freq_base"] == pytest.approx(c.rope_theta)
-        assert f["llama.rope.dimension_count"] == c.head_size
-        assert f["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(c.norm_eps)
-    else:
-        assert f["gpt2.attention.layer_norm_epsilon"] == pytest.approx(c.norm_eps)
-    tj = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
-    id_to_token = {i: t for t, i in tj["model"]["vocab"].items()}
-    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "gpt-2"
-    assert f["tokenizer.ggml.tokens"] == [id_to_token[i] for i in range(bpe.vocab_size)]
-    assert f["tokenizer.ggml.merges"] == [" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]]
-    types = f["tokenizer.ggml.token_type"]
-    assert types[bpe.eot_id] == gguf.TokenType.CONTROL and types.count(gguf.TokenType.NORMAL) == bpe.vocab_size - 1
-    assert f["tokenizer.ggml.bos_token_id"] == f["tokenizer.ggml.eos_token_id"] == bpe.eot_id
-
-
-def test_one_gpt2_name_table_reads_both_ways():
-    from psyduck.interop.gpt2_names import expected_gpt2_names, hf_name, psyduck_name
-
-    names = expected_gpt2_names(n_layer=2, tied=False)
-    assert len(names) == 2 + 2 * 12 + 2 + 1  # wte, wpe; 6 modules x (weight, bias) per layer; ln_f; lm_head
-    assert hf_name("blk.1.attn_qkv.weight") == ("transformer.h.1.attn.c_attn.weight", True)
-    assert hf_name("output_norm.bias") == ("transformer.ln_f.bias", False)
-    assert psyduck_name("transformer.h.1.attn.c_attn.weight") == ("blocks.1.attn.qkv.weight", True)
-    assert psyduck_name("h.0.mlp.c_fc.bias") == ("blocks.0.ffn.up.bias", False)  # no prefix: old checkpoints
-    assert psyduck_name("lm_head.weight") == ("lm_head.weight", False)
-    assert psyduck_name("h.0.attn.bias") is None  # a causal-mask buffer, not a weight
-    model = GPT(ModelConfig(vocab_size=64, block_size=8, d_model=16, n_layer=2, n_head=2, tie_embeddings=False,
-                            pos="learned", norm="layernorm", activation="gelu", bias=True))
-    ours = {psyduck_name(n)[0] for n in names}
-    assert ours == set(model.state_dict()) - {"lm_head.bias"}  # every weight GPT-2 has, named once
-
-
-def test_llama_permutation_keeps_attention_scores_under_llama_cpp_rope():
-    """llama.cpp rotates adjacent pairs (2j, 2j+1); Hugging Face and PsyDuck rotate (j, j + hs/2).
-    With q/k rows permuted as in the GGUF file, both give the same q·k for every pair of positions."""
-    from psyduck.interop.gguf_export import llama_permute
-    from psyduck.model import apply_rope, rope_tables
-
-    torch.manual_seed(0)
-    H, hs, C, T = 2, 8, 16, 6
-    wq, wk, x = torch.randn(H * hs, C), torch.randn(H * hs, C), torch.randn(T, C)
-    cos, sin = rope_tables(T, hs, 10_000.0)
-
-    def heads(w: torch.Tensor) -> torch.Tensor:
-        return (x @ w.t()).view(T, H, hs).transpose(0, 1)  # (H, T, hs)
-
-    def rope_adjacent(y: torch.Tensor) -> torch.Tensor:  # GPT-J / llama.cpp "normal" rope
-        theta = 1.0 / 10_000.0 ** (torch.arange(0, hs, 2).float() / hs)
-        ang = torch.arange(T).float()[:, None] * theta  # (T, hs/2)
-        a, b = y[..., 0::2], y[..., 1::2]
-        return torch.stack([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], dim=-1).flatten(-2)
-
-    ours = apply_rope(heads(wq), cos, sin) @ apply_rope(heads(wk), cos, sin).transpose(-1, -2)
-    cpp = rope_adjacent(heads(llama_permute(wq, H))) @ rope_adjacent(heads(llama_permute(wk, H))).transpose(-1, -2)
-    assert torch.allclose(ours, cpp, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,34 +218,65 @@ def test_import_hf_reads_pytorch_model_bin_too(gpt2_folder, tmp_path):
 # Errors: one line each
 # ---------------------------------------------------------------------------------------------
 
-def test_export_refuses_architectures_without_an_exact_counterpart(bpe, tmp_path):
-    make_run(tmp_path / "mix", bpe, pos="rope", norm="layernorm", activation="gelu")
-    with pytest.raises(PsyDuckError) as e:
-        export(tmp_path / "mix", "hf", tmp_path / "out")
-    assert str(e.value) == (
-        "cannot export a model with pos=rope, norm=layernorm, activation=gelu to Hugging Face transformers: "
-        "no architecture there computes it exactly; exportable: learned or sinusoidal positions + layernorm + "
-        "gelu/relu (GPT-2), rope + rmsnorm + swiglu (Llama), rope + rmsnorm + gelu/relu (Arcee), "
-        "e.g. presets tiny, gpt2-124m, cpu-small"
+def test_export_refuses_nan_weights_in_one_line(bpe, tmp_path, capsys):
+    model = make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
+    with torch.no_grad():
+        model.blocks[1].ffn.up.weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "run", 1, model, None, {})
+    r = cli(capsys, "export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
+    assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr
+    assert r.stderr == (
+        f"psyduck: error: cannot export {tmp_path / 'run'}: 1 weight tensor(s) hold NaN or infinite values "
+        "(first: blocks.1.ffn.up.weight); export an earlier checkpoint with --checkpoint\n"
     )
-    make_run(tmp_path / "cpu-small", bpe, **KINDS["arcee-cpu-small"])
-    with pytest.raises(PsyDuckError) as e:
-        export(tmp_path / "cpu-small", "gguf", tmp_path / "x.gguf")
-    assert str(e.value) == (
-        "cannot export a model with pos=rope, norm=rmsnorm, activation=gelu to GGUF (llama.cpp): "
-        "no architecture there computes it exactly; exportable: learned or sinusoidal positions + layernorm + "
-        "gelu (gpt2), rope + rmsnorm + swiglu (llama), e.g. presets tiny, gpt2-124m"
+    assert not (tmp_path / "hf").exists()
+    from psyduck.cli import main
+
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"), "--checkpoint",
+                 str(tmp_path / "run" / "checkpoints" / "step_0000000")]) == 0
+
+
+def test_export_refuses_existing_outputs_without_force(bpe, tmp_path, capsys):
+    make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
+    mine = tmp_path / "mine.gguf"
+    mine.write_text("my own file")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    for fmt, out in (("gguf", mine), ("hf", folder), ("ollama", folder)):
+        r = cli(capsys, "export", str(tmp_path / "run"), "--format", fmt, "--out", str(out))
+        assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr, fmt
+        assert r.stderr == f"psyduck: error: --out {out} already exists; choose another name, or pass --force to replace it\n"
+    assert mine.read_text() == "my own file" and (folder / "notes.txt").read_text() == "mine"
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "hf", "--out", str(tmp_path / "run"), "--force")
+    assert r.returncode == 2 and r.stderr == (
+        f"psyduck: error: --out {tmp_path / 'run'} holds a run; export to a folder of its own, e.g. exports/run-hf\n"
     )
-    # the seed's recipe: its math maps onto GPT-2, but a trained untied output layer has a bias
-    make_run(tmp_path / "seed", bpe, pos="sinusoidal", norm="layernorm", activation="relu", tie_embeddings=False, bias=True,
-             head_bias=True)
-    with pytest.raises(PsyDuckError) as e:
-        export(tmp_path / "seed", "hf", tmp_path / "out")
-    assert str(e.value) == (
-        "cannot export to Hugging Face transformers: the output layer has a non-zero bias (model.head_bias=true) "
-        "and GPT-2 has none; export a model trained with model.head_bias=false"
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "gguf", "--out", str(folder))
+    assert r.returncode == 2 and r.stderr == (
+        f"psyduck: error: --out {folder} is a folder; give the file's name, e.g. {folder / 'model.gguf'}\n"
     )
-    assert not (tmp_path / "out").exists()
+    export(tmp_path / "run", "gguf", mine, force=True)
+    export(tmp_path / "run", "hf", folder, force=True)
+    assert mine.read_bytes()[:4] == b"GGUF" and not (folder / "notes.txt").exists()
+    assert (folder / "config.json").exists()
+
+
+def test_export_to_an_unwritable_place_or_with_wrong_flags_is_one_line(bpe, tmp_path, capsys):
+    make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a file where a folder would have to be: no permission bits involved (tests may run as root)
+    for fmt, name in (("hf", "hf"), ("gguf", "m.gguf"), ("ollama", "ol")):
+        out = blocker / name
+        r = cli(capsys, "export", str(tmp_path / "run"), "--format", fmt, "--out", str(out))
+        assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr, fmt
+        assert r.stderr == (
+            f"psyduck: error: cannot write --out {out}: {blocker} is a file, not a folder; choose a writable place for the export\n"
+        )
+    r = cli(capsys, "export", str(tmp_path / "run"), "--format", "hf", "--quant", "q8_0", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr == (
+        "psyduck: error: --quant is for --format gguf or ollama; a Hugging Face export is float32\n"
+    )
 
 
 def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):

@@ -2,21 +2,29 @@
 
     psyduck export runs/demo --format gguf --out exports/demo.gguf
 
+    psyduck export runs/demo --format gguf --quant q8_0 --out exports/demo.gguf   # f32 | f16 | q8_0
+
 Exact math or nothing, as for Hugging Face (see hf_export.py):
 
     positions            norm       FFN      llama.cpp architecture
     learned, sinusoidal  layernorm  gelu     gpt2
     rope                 rmsnorm    swiglu   llama
 
+No llama.cpp architecture computes rope + rmsnorm + a non-gated GELU or ReLU FFN (cpu-small's):
+its non-gated rope architectures are arcee and nemotron (ReLU-squared), starcoder2 (LayerNorm) and
+phi2 / gpt-j (parallel attention and FFN). Those, and the seed's ReLU, are refused with the nearest
+exportable settings named; `--format hf` exports every model.
+
 Rotary embeddings: PsyDuck (like `transformers`) rotates (i, i + hs/2) pairs; llama.cpp rotates
 adjacent pairs instead, so the q/k rows are permuted exactly as llama.cpp's convert_hf_to_gguf.py
-(`LlamaModel.permute`) does for a Hugging Face Llama. float32 (file type ALL_F32): an export is a
-copy, quantize downstream. Only this writer needs the `gguf` package, imported when it runs.
+(`LlamaModel.permute`) does for a Hugging Face Llama. Tensor types (f32, f16, q8_0): gguf_quant.py.
+Only this writer needs the `gguf` package, imported when it runs.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +32,41 @@ import torch
 
 from psyduck.config import ModelConfig
 from psyduck.errors import PsyDuckError
+from psyduck.interop import QUANTS
+from psyduck.interop.gguf_quant import (
+    encode_tensor,
+    file_type,
+    next_token_agreement,
+    tensor_type,
+)
 from psyduck.interop.hf_tokenizer import hf_tokenizer_json
-from psyduck.interop.layout import logical_tensors, refusal
+from psyduck.interop.layout import logical_tensors
+from psyduck.interop.loading import claim_output, load_for_export, writing
 from psyduck.io import atomic_path
+from psyduck.model import GPT
 from psyduck.tokenizer import CL100K, Tokenizer
 
 GGUF_LABEL = "GGUF (llama.cpp)"
-GGUF_EXPORTS = (
-    "learned or sinusoidal positions + layernorm + gelu (gpt2), rope + rmsnorm + swiglu (llama), "
-    "e.g. presets tiny, gpt2-124m"
-)
+# llama.cpp architecture -> the settings it computes exactly (positions given separately)
+GGUF_ARCHS = {"gpt2": {"norm": "layernorm", "activation": "gelu"}, "llama": {"norm": "rmsnorm", "activation": "swiglu"}}
 
 
 def gguf_arch(cfg: ModelConfig) -> str:
-    """"gpt2" or "llama": the llama.cpp architecture that computes this model exactly."""
-    if cfg.pos in ("learned", "sinusoidal") and cfg.norm == "layernorm" and cfg.activation == "gelu":
-        return "gpt2"
-    if cfg.pos == "rope" and cfg.norm == "rmsnorm" and cfg.activation == "swiglu":
-        return "llama"
-    raise PsyDuckError(refusal(cfg, GGUF_LABEL, GGUF_EXPORTS))
+    """"gpt2" or "llama": the llama.cpp architecture that computes this model exactly.
+
+    Refused otherwise, naming the nearest exportable settings: rope models keep rope (llama),
+    others keep their positions (gpt2), so only norm and activation may need to change.
+    """
+    arch = "llama" if cfg.pos == "rope" else "gpt2"
+    wanted = GGUF_ARCHS[arch]
+    changes = [f"model.{k}={v}" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if not changes:
+        return arch
+    raise PsyDuckError(
+        f"cannot export a model with pos={cfg.pos}, norm={cfg.norm}, activation={cfg.activation} to {GGUF_LABEL}: "
+        f"no llama.cpp architecture computes it exactly; nearest exportable: train with {' '.join(changes)} "
+        f"({arch}), or export this model with --format hf"
+    )
 
 
 def llama_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -87,43 +111,60 @@ def gguf_vocab(tokenizer_json: str, n_vocab: int) -> tuple[list[str], list[int],
     return names, types, merges
 
 
-def export_gguf(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
-    """Write run `run` as one GGUF file (float32) in llama.cpp's layout for gpt2 or llama."""
+def export_gguf(
+    run: str | Path, out: str | Path, checkpoint: str | None = None, quant: str = "f32", force: bool = False,
+    log: Callable[[str], None] | None = None, shown_as: Path | None = None,
+) -> Path:
+    """Write run `run` as one GGUF file in llama.cpp's layout for gpt2 or llama, its matrices as `quant`.
+
+    `log` (when given) receives one line: the file's size and, for f16 / q8_0, the measured
+    next-token agreement with float32; `shown_as` is the file's name there (default `out`), for a
+    file written inside a folder that is renamed into place afterwards.
+    """
     try:
         import gguf
     except ModuleNotFoundError:
         raise PsyDuckError("GGUF export needs the gguf package; install it with `pip install gguf`") from None
-
-    from psyduck.runs import load_run
-
+    if quant not in QUANTS:
+        raise PsyDuckError(f"unknown --quant {quant!r}; choose one of: {', '.join(QUANTS)}")
     run, out = Path(run), Path(out)
-    model, tok = load_run(run, checkpoint=checkpoint)
+    model, tok = load_for_export(run, checkpoint)
     cfg: ModelConfig = model.config
     arch = gguf_arch(cfg)
     tensors = gguf_tensors(logical_tensors(model, arch, GGUF_LABEL), arch, cfg)
     tokens, types, merges = gguf_vocab(hf_tokenizer_json(run, tok), cfg.vocab_size)
-    if out.is_dir():
-        raise PsyDuckError(f"--out {out} is a folder; give the GGUF file's name, e.g. {out / (run.name + '.gguf')}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    claim_output(out, force, "file")
+    with writing(out), atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
-        _write_metadata(w, gguf, cfg, arch, run.name)
+        _write_metadata(w, gguf, cfg, arch, run.name, quant)
         _write_vocab(w, tok, tokens, types, merges)
         for name, t in tensors.items():
-            w.add_tensor(name, t.numpy())
+            data, qtype = encode_tensor(t, tensor_type(name, tuple(t.shape), quant), gguf)
+            w.add_tensor(name, data, raw_dtype=qtype)
         try:
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_tensors_to_file()
         finally:
             w.close()
+    if log is not None:
+        log(_report(out, shown_as or out, model, tok, quant, gguf))
     return out
 
 
-def _write_metadata(w: Any, gguf: Any, cfg: ModelConfig, arch: str, name: str) -> None:  # gguf is an optional import
+def _report(out: Path, shown_as: Path, model: GPT, tok: Tokenizer, quant: str, gguf: Any) -> str:
+    """"NAME: 12.3 MB (q8_0); next-token agreement with float32 99.6% of 256 positions"."""
+    line = f"{shown_as}: {out.stat().st_size / 1e6:.1f} MB ({quant})"
+    if quant == "f32":
+        return line + "; float32, the weights exactly"
+    agree, n = next_token_agreement(model, tok, quant, gguf)
+    return line + f"; next-token agreement with float32: {agree:.1%} of {n} positions of a sample text"
+
+
+def _write_metadata(w: Any, gguf: Any, cfg: ModelConfig, arch: str, name: str, quant: str) -> None:  # gguf: optional
     """The architecture's hyperparameters, under the keys llama.cpp reads for `arch`."""
     w.add_name(name)
-    w.add_file_type(int(gguf.LlamaFileType.ALL_F32))
+    w.add_file_type(file_type(quant, gguf))
     w.add_context_length(cfg.block_size)
     w.add_embedding_length(cfg.d_model)
     w.add_feed_forward_length(cfg.ffn_hidden)

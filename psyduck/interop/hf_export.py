@@ -2,18 +2,20 @@
 
     psyduck export runs/demo --format hf --out exports/demo-hf
 
-Exact math or nothing: each PsyDuck architecture maps onto a class that computes the *same function*
-(the parity test compares logits within 1e-4 and greedy generations token for token):
+Exact math, always: each PsyDuck architecture goes to a stock class where one computes the *same
+function* (the parity tests compare logits within 1e-4 and greedy generations token for token):
 
     positions            norm       FFN          transformers
     learned, sinusoidal  layernorm  gelu, relu   GPT2LMHeadModel
     rope                 rmsnorm    swiglu       LlamaForCausalLM
     rope                 rmsnorm    gelu, relu   ArceeForCausalLM
+    anything else, or a non-zero output bias     PsyDuckForCausalLM (trust_remote_code=True)
 
-Anything else is refused with a one-line PsyDuckError naming what does export. Rotary embeddings:
-PsyDuck rotates (i, i + hs/2) pairs, the half-split layout `transformers` uses (rotate_half), so
-Llama's q/k weights are copied as they are. The folder is written without `transformers`
-(config.json by hand), in float32: an export is a copy, quantize downstream.
+The last row is PsyDuck's own code shipped in the folder (hf_remote.py), so every model exports,
+the seed's included. Rotary embeddings: PsyDuck rotates (i, i + hs/2) pairs, the half-split layout
+`transformers` uses (rotate_half), so Llama's q/k weights are copied as they are. The folder is
+written without `transformers` (config.json by hand), in float32, into a temporary folder renamed
+into place when complete; the model card (model_card.py) goes with it.
 """
 
 from __future__ import annotations
@@ -24,19 +26,19 @@ from typing import Any
 import torch
 
 from psyduck.config import ModelConfig
-from psyduck.errors import PsyDuckError
 from psyduck.interop.gpt2_names import hf_name
+from psyduck.interop.hf_remote import remote_config, remote_files, remote_tensors
 from psyduck.interop.hf_tokenizer import hf_tokenizer_json
-from psyduck.interop.layout import logical_tensors, refusal
-from psyduck.io import atomic_path, write_json_atomic, write_text_atomic
+from psyduck.interop.layout import logical_tensors, output_bias
+from psyduck.interop.loading import claim_output, load_for_export, writing
+from psyduck.interop.model_card import model_card
+from psyduck.io import atomic_folder, write_json_atomic, write_text_atomic
 from psyduck.tokenizer import EOT
 
 HF_LABEL = "Hugging Face transformers"
-HF_EXPORTS = (
-    "learned or sinusoidal positions + layernorm + gelu/relu (GPT-2), rope + rmsnorm + swiglu (Llama), "
-    "rope + rmsnorm + gelu/relu (Arcee), e.g. presets tiny, gpt2-124m, cpu-small"
-)
-HF_ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM"}
+HF_ARCHITECTURES = {
+    "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM", "psyduck": "PsyDuckForCausalLM",
+}
 _LLAMA_NAMES = {  # llama.cpp stem -> Llama/Arcee module (GPT-2's live in gpt2_names)
     "token_embd": "model.embed_tokens",
     "attn_norm": "input_layernorm",
@@ -53,13 +55,20 @@ _LLAMA_NAMES = {  # llama.cpp stem -> Llama/Arcee module (GPT-2's live in gpt2_n
 }
 
 
-def hf_family(cfg: ModelConfig) -> str:
-    """"gpt2", "llama" or "arcee": the `transformers` model_type that computes this model exactly."""
+def hf_family(model: torch.nn.Module) -> str:
+    """"gpt2", "llama" or "arcee": the stock model_type that computes this model exactly, else "psyduck".
+
+    An output bias that is exactly zero (untrained, imported) is dropped; a non-zero one needs PsyDuck's code.
+    """
+    cfg: ModelConfig = model.config
+    head_bias = output_bias(model.state_dict(), cfg)
+    if head_bias is not None and bool(head_bias.any()):
+        return "psyduck"
     if cfg.pos in ("learned", "sinusoidal") and cfg.norm == "layernorm" and cfg.activation in ("gelu", "relu"):
         return "gpt2"
     if cfg.pos == "rope" and cfg.norm == "rmsnorm":
         return "llama" if cfg.activation == "swiglu" else "arcee"
-    raise PsyDuckError(refusal(cfg, HF_LABEL, HF_EXPORTS))
+    return "psyduck"
 
 
 def hf_tensors(logical: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
@@ -81,6 +90,8 @@ def hf_tensors(logical: dict[str, torch.Tensor], family: str) -> dict[str, torch
 
 def hf_config(cfg: ModelConfig, family: str, eot_id: int) -> dict[str, Any]:
     """config.json for `family`, written by hand so exporting does not need `transformers`."""
+    if family == "psyduck":
+        return remote_config(cfg, eot_id)
     common = {
         "architectures": [HF_ARCHITECTURES[family]],
         "model_type": family,
@@ -131,40 +142,58 @@ def hf_config(cfg: ModelConfig, family: str, eot_id: int) -> dict[str, Any]:
     }
 
 
-def export_hf(run: str | Path, out: str | Path, checkpoint: str | None = None) -> Path:
-    """Write run `run` as a `transformers` folder: config.json, model.safetensors, tokenizer files."""
+def export_hf(
+    run: str | Path, out: str | Path, checkpoint: str | None = None, force: bool = False, repo: str | None = None,
+) -> Path:
+    """Write run `run` as a `transformers` folder: config, weights, tokenizer, model card (and code if needed).
+
+    `repo` is the name the card loads the model by (the Hub repository; default the folder's name).
+    """
     from safetensors.torch import save_file
 
-    from psyduck.runs import load_run
-
     run, out = Path(run), Path(out)
-    model, tok = load_run(run, checkpoint=checkpoint)
+    model, tok = load_for_export(run, checkpoint)
     cfg: ModelConfig = model.config
-    family = hf_family(cfg)
-    tensors = hf_tensors(logical_tensors(model, family, HF_LABEL), family)
+    family = hf_family(model)
+    if family == "psyduck":
+        tensors = remote_tensors(model)
+    else:
+        tensors = hf_tensors(logical_tensors(model, family, HF_LABEL), family)
     tokenizer_json = hf_tokenizer_json(run, tok)
-    if out.exists() and not out.is_dir():
-        raise PsyDuckError(f"--out {out} is a file; choose a folder name for the Hugging Face export")
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    write_json_atomic(out / "config.json", hf_config(cfg, family, tok.eot_id))
+    claim_output(out, force, "folder")
+    with writing(out), atomic_folder(out) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_json_atomic(tmp / "config.json", hf_config(cfg, family, tok.eot_id))
+        write_json_atomic(
+            tmp / "generation_config.json",
+            {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.eot_id,
+             **({"use_cache": False} if family == "psyduck" else {})},
+        )
+        _write_tokenizer(tmp, tokenizer_json, cfg.block_size)
+        if family == "psyduck":
+            for name, text in remote_files().items():
+                write_text_atomic(tmp / name, text)
+        card = model_card(run, model, tok, HF_ARCHITECTURES[family], remote_code=family == "psyduck", repo=repo or out.name)
+        write_text_atomic(tmp / "README.md", card.text)
+        for name, path in card.files.items():
+            (tmp / name).write_bytes(path.read_bytes())
+    return out
+
+
+def _write_tokenizer(folder: Path, tokenizer_json: str, block_size: int) -> None:
+    """tokenizer.json and its configs; end-of-text doubles as the padding token (batched tokenization)."""
+    write_text_atomic(folder / "tokenizer.json", tokenizer_json)
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": EOT}
+    write_json_atomic(folder / "special_tokens_map.json", special)
     write_json_atomic(
-        out / "generation_config.json",
-        {"bos_token_id": tok.eot_id, "eos_token_id": tok.eot_id, "pad_token_id": tok.eot_id},
-    )
-    write_text_atomic(out / "tokenizer.json", tokenizer_json)
-    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
-    write_json_atomic(out / "special_tokens_map.json", special)
-    write_json_atomic(
-        out / "tokenizer_config.json",
+        folder / "tokenizer_config.json",
         {
             "tokenizer_class": "PreTrainedTokenizerFast",
             **special,
-            "model_max_length": cfg.block_size,
+            "padding_side": "left",  # generation continues the right end of every row
+            "model_max_length": block_size,
             "add_bos_token": False,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,  # decode must give back the exact text
         },
     )
-    return out

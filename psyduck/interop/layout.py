@@ -11,7 +11,8 @@ Faithful stand-ins where the target lacks a feature but the function is the same
   of query heads, which is exactly what PsyDuck's attention does at run time;
 - `bias=false` in GPT-2 (which always has biases): zero biases;
 - an output-layer bias that is exactly zero (an untrained or imported model) is dropped; a non-zero
-  one is refused: none of the targets has one.
+  one is refused here: none of these targets has one (the Hugging Face export then ships PsyDuck's
+  own code instead, hf_remote.py, and never calls this with one).
 """
 
 from __future__ import annotations
@@ -25,17 +26,9 @@ from psyduck.errors import PsyDuckError
 OUTPUT_BIAS_SETTING = "model.head_bias=true"
 
 
-def output_bias(state: dict[str, torch.Tensor], cfg: ModelConfig) -> torch.Tensor | None:  # noqa: ARG001
+def output_bias(state: dict[str, torch.Tensor], cfg: ModelConfig) -> torch.Tensor | None:
     """The output layer's bias, None when the model has none (the one place that knows where it is)."""
     return state.get("lm_head.bias")
-
-
-def refusal(cfg: ModelConfig, label: str, exports: str) -> str:
-    """The one-line reason an architecture has no exact counterpart in `label`, naming what exports."""
-    return (
-        f"cannot export a model with pos={cfg.pos}, norm={cfg.norm}, activation={cfg.activation} to {label}: "
-        f"no architecture there computes it exactly; exportable: {exports}"
-    )
 
 
 def _split_qkv(
