@@ -59,11 +59,8 @@ if TYPE_CHECKING:  # generation's KV cache (psyduck/generate/cache.py), which th
 # ---------------------------------------------------------------------------------------------
 
 class ReLUSquared(nn.Module):
-    """relu(x)², the activation Primer's search found (So et al. 2021, https://arxiv.org/abs/2109.08668).
-
-    ReLU's zeros (most units silent for a given token) with a gradient that grows from 0 instead of
-    jumping to 1; modded-nanogpt and nanochat use it in a plain, non-gated FFN.
-    """
+    """relu(x)², found by Primer's search (https://arxiv.org/abs/2109.08668): ReLU's zeros with a
+    gradient that grows from 0 instead of jumping to 1 (modded-nanogpt, nanochat: non-gated)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x).square()
@@ -341,11 +338,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """The whole model. `logits, loss = model(idx, targets)`, as in the seed.
-
-    Every logit the model gives out passes through `logits` (or, in training, through the loss,
-    told the same cap), so soft-capping holds wherever logits are used, generation's twin included.
-    """
+    """The whole model. `logits, loss = model(idx, targets)`, as in the seed. Every logit it gives
+    out passes through `logits` (the loss is told the same cap), generation's twin included."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()

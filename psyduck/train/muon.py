@@ -39,7 +39,8 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def make_muon(params: list[torch.nn.Parameter], t: TrainConfig) -> torch.optim.Muon:
-    """torch's Muon at train.muon_lr and train.muon_momentum, with AdamW's decoupled weight decay."""
+    """torch's Muon at train.muon_lr and train.muon_momentum. train.weight_decay is decoupled as in
+    AdamW (each step w <- w * (1 - rate * decay)), at Muon's own, larger rate."""
     group = {"params": params, "lr_scale": t.muon_lr / t.lr}
     return torch.optim.Muon([group], lr=t.muon_lr, momentum=t.muon_momentum, weight_decay=t.weight_decay)
 
