@@ -37,12 +37,13 @@ else:  # pragma: no cover
 
 Positions = Literal["sinusoidal", "learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
-Activation = Literal["relu", "gelu", "swiglu"]
+Activation = Literal["relu", "gelu", "swiglu", "relu2"]
 AttentionPath = Literal["fast", "teaching"]
 Schedule = Literal["constant", "cosine", "wsd"]
 LossChoice = Literal["auto", "fused", "plain"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 OnNan = Literal["stop", "skip"]
+OptimizerChoice = Literal["adamw", "muon"]
 
 
 def _check_finite(obj: Any, section: str) -> None:
@@ -79,13 +80,15 @@ class ModelConfig:
     dropout: float = 0.1  # dropout on attention weights and residual branches while training
     pos: Positions = "sinusoidal"  # how the model knows where a token is
     norm: Norm = "layernorm"  # pre-norm either way
-    activation: Activation = "relu"  # the FFN's non-linearity (swiglu: the gated FFN)
+    activation: Activation = "relu"  # the FFN's non-linearity (swiglu: the gated FFN; relu2: relu(x)², not gated)
     tie_embeddings: bool = False  # share the token embedding with the output layer
     bias: bool = True  # biases in the blocks' Linear layers and LayerNorms (and the final norm)
     head_bias: bool = False  # a bias on the output layer too (the seed has one; GPT-2 and Llama do not)
     attention: AttentionPath = "fast"  # fast (fused qkv + scaled_dot_product_attention) | teaching (one head at a time)
     rope_theta: float = 10_000.0  # RoPE base frequency
     norm_eps: float = 1e-5
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before RoPE and attention
+    logit_softcap: float = 0.0  # logits = cap * tanh(logits / cap): no logit beyond +-cap (0: off)
 
     def __post_init__(self) -> None:
         _check_choices(self, "model")
@@ -107,6 +110,8 @@ class ModelConfig:
             raise PsyDuckError(f"rope needs an even head size, got {self.head_size}; change d_model or n_head")
         if not 0.0 <= self.dropout < 1.0:
             raise PsyDuckError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not self.logit_softcap >= 0.0:  # written so that NaN is refused too
+            raise PsyDuckError(f"model.logit_softcap must be >= 0 (0: off), got {self.logit_softcap}")
 
     @property
     def head_size(self) -> int:
@@ -123,6 +128,23 @@ class ModelConfig:
         if self.activation == "swiglu":  # keep the parameter count of a 4x MLP: 3 matrices of 8/3 d
             return 32 * ((8 * self.d_model // 3 + 31) // 32)
         return 4 * self.d_model
+
+    def nonstandard_features(self) -> list[str]:
+        """The variants chosen here that the export formats' architectures do not compute, as
+        `model.key=value` settings (empty: none). An exporter refuses a model that has any, rather
+        than write a file that a runtime would read as a different model.
+
+        relu2 is listed although Arcee (transformers, llama.cpp) computes relu(x)²: until an exporter
+        maps it, a runtime would be told another activation.
+        """
+        found = []
+        if self.activation == "relu2":
+            found.append("model.activation=relu2")
+        if self.qk_norm:
+            found.append("model.qk_norm=true")
+        if self.logit_softcap:
+            found.append(f"model.logit_softcap={self.logit_softcap:g}")
+        return found
 
 
 @dataclass
@@ -149,6 +171,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decay, applied to 2-D weights only
     beta1: float = 0.9
     beta2: float = 0.999
+    optimizer: OptimizerChoice = "adamw"  # adamw for all; muon: Muon for the blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02  # Muon's peak rate (the schedule scales it as it scales lr)
+    muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
     grad_clip: float = 0.0  # clip the global gradient norm to this; 0 disables
     eval_interval: int = 50  # evaluate every this many steps
     eval_iters: int = 20  # batches per split in each evaluation
@@ -173,6 +198,10 @@ class TrainConfig:
         for name in filter(None, (n.strip() for n in self.loggers.split(","))):
             if name not in ("tensorboard", "wandb"):
                 raise PsyDuckError(f"unknown logger {name!r} in train.loggers; use tensorboard and/or wandb")
+        if not self.muon_lr > 0:
+            raise PsyDuckError(f"train.muon_lr must be positive, got {self.muon_lr}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise PsyDuckError(f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.max_iters < 0:
             raise PsyDuckError(f"train.max_iters must be >= 0, got {self.max_iters}")
         if self.lr <= 0:

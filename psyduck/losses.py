@@ -47,6 +47,10 @@ Choices:
   weight and bias gradients are accumulated in fp32.
 - Without autograd (evaluation under `torch.no_grad`) only the loss is computed, block by block.
 - The block size keeps one (V, rows) block near `CHUNK_ELEMENTS` numbers (200 MB in fp32).
+- Soft-capped logits (`model.logit_softcap`: z -> cap * tanh(z / cap)) take their own block step,
+  `_capped_block`: the cap's slope 1 - tanh² multiplies the gradient number by number, so there
+  the gradient is written out in the block (with a second buffer for the slope, and blocks of
+  half the rows) instead of being folded into the small operands.
 
 How a caller picks it: `train.loss` (auto | fused | plain) names the choice, `make_loss` resolves it
 once for a device, and the model takes the result, `model(idx, targets, loss=...)`. Both kinds are
@@ -56,8 +60,7 @@ seed's (logits kept); a `FusedLoss` owns the memory its blocks reuse, so whoever
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -67,13 +70,29 @@ if TYPE_CHECKING:
 
 CHUNK_ELEMENTS = 512 * 100_352  # numbers in one (V, rows) block: 512 rows of cl100k_base (measured)
 
-# (hidden states (..., C), the output layer, targets (...)) -> (logits (..., V) or None, mean loss)
-OutputLoss = Callable[[torch.Tensor, torch.nn.Linear, torch.Tensor], tuple["torch.Tensor | None", torch.Tensor]]
+class OutputLoss(Protocol):
+    """(hidden states (..., C), the output layer, targets (...), the model's logit soft-cap (0: none))
+    -> (logits (..., V) or None, mean loss)."""
+
+    def __call__(
+        self, h: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, softcap: float = 0.0
+    ) -> tuple[torch.Tensor | None, torch.Tensor]: ...
 
 
-def plain_loss(h: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_cap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(logits / cap): about the logits themselves near 0, never beyond +-cap (0: unchanged).
+
+    Gemma 2's and modded-nanogpt's guard against over-confidence: a logit can only approach the
+    cap, so the loss cannot be driven down by making logits ever larger.
+    """
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def plain_loss(
+    h: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, softcap: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The seed's way: all the logits (B, T, V), then `F.cross_entropy` on them (in fp32)."""
-    logits = head(h)  # (B, T, V)
+    logits = soft_cap(head(h), softcap)  # (B, T, V)
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
     return logits, loss
 
@@ -103,15 +122,22 @@ class BlockBuffer:
 class FusedLoss:
     """The output layer and the cross-entropy computed together, a block of rows at a time.
 
-    An `OutputLoss` that returns no logits: the (B, T, V) tensor never exists. It keeps one
-    `BlockBuffer`, so make one per training (or evaluation) loop and pass it to every call.
+    An `OutputLoss` that returns no logits: the (B, T, V) tensor never exists. It keeps its
+    `BlockBuffer`s (the logits; the cap's slope, used only with a soft-cap), so make one per
+    training (or evaluation) loop and pass it to every call.
     """
 
     def __init__(self) -> None:
         self.buffer = BlockBuffer()
+        self.slopes = BlockBuffer()
 
-    def __call__(self, h: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> tuple[None, torch.Tensor]:
-        return None, fused_cross_entropy(h, head.weight, head.bias, targets, buffer=self.buffer)
+    def __call__(
+        self, h: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, softcap: float = 0.0
+    ) -> tuple[None, torch.Tensor]:
+        loss = fused_cross_entropy(
+            h, head.weight, head.bias, targets, buffer=self.buffer, softcap=softcap, slope_buffer=self.slopes
+        )
+        return None, loss
 
 
 def make_loss(choice: "LossChoice", device: torch.device) -> OutputLoss:
@@ -152,7 +178,8 @@ def _shifted_logits(
 
 def _fused(
     h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, rows_per_chunk: int,
-    buffer: BlockBuffer, need_h: bool, need_w: bool, need_b: bool,
+    buffer: BlockBuffer, need_h: bool, need_w: bool, need_b: bool, softcap: float = 0.0,
+    slopes: BlockBuffer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The mean loss, and (unless not needed) its gradients w.r.t. h, W and b (None where not needed).
 
@@ -184,7 +211,8 @@ def _fused(
         low = acc != cdtype  # float16/bfloat16 matmuls under autocast, float32 softmax and sums
         grad_w = None
         if need_w:  # written by the first block's product (float32), or summed into (lower precisions)
-            grad_w = (torch.zeros if low or not n_valid else torch.empty)(weight.shape, device=h.device, dtype=acc)
+            fresh = torch.zeros if low or softcap or not n_valid else torch.empty
+            grad_w = fresh(weight.shape, device=h.device, dtype=acc)
         grad_b = torch.zeros(weight.shape[0], device=h.device, dtype=acc) if need_b else None
         loss = torch.zeros((), device=h.device, dtype=acc)
         block = None
@@ -193,6 +221,14 @@ def _fused(
             y1 = yv[start : start + rows_per_chunk]  # (r,)
             if block is None or block.shape[1] != hc.shape[0]:  # one buffer, reused by every full block
                 block = buffer.take(w.shape[0], hc.shape[0], h.device, cdtype)
+            if softcap:  # soft-capped logits: their own block step, the gradient written out
+                gh = grad_hv[start : start + rows_per_chunk] if need_h else None
+                slope = None
+                if need_h or need_w or need_b:
+                    slopes = slopes if slopes is not None else BlockBuffer()
+                    slope = slopes.take(w.shape[0], hc.shape[0], h.device, acc)
+                loss += _capped_block(w, hc, b, y1, block, slope, softcap, acc, scale, gh, grad_w, grad_b)
+                continue
             # the right token's logit, one dot product per row, is the shift: exp(z - z_y) never
             # overflows unless some logit is ~88 above the right one (a loss of 88+ nats), and the right
             # token's own exp(0) = 1 keeps every column's sum >= 1
@@ -248,14 +284,57 @@ def _fused(
     return mean, grad_h, grad_w, grad_b
 
 
+def _capped_block(
+    w: torch.Tensor, hc: torch.Tensor, b: torch.Tensor | None, y1: torch.Tensor, block: torch.Tensor,
+    slope: torch.Tensor | None, cap: float, acc: torch.dtype, scale: float,
+    gh: torch.Tensor | None, grad_w: torch.Tensor | None, grad_b: torch.Tensor | None,
+) -> torch.Tensor:
+    """One block of soft-capped logits: its summed loss, and (where `slope` is given) its gradients
+    written into `gh` (its rows of dh, scaled later) and added into grad_w and grad_b (times `scale`).
+
+    s = cap * tanh(z / cap) never exceeds the cap, so shifting each column by its max is safe and
+    there is no overflow to retry. d s / d z = 1 - tanh² multiplies d loss / d s = softmax(s) -
+    onehot(y) number by number, so the gradient g is formed in the block itself; `slope` (V, r)
+    holds 1 - tanh² meanwhile. The arguments are the per-call tensors of `_fused`'s loop.
+    """
+    zero = torch.zeros(hc.shape[0], device=hc.device, dtype=block.dtype)
+    t = _shifted_logits(w, hc, b, zero, block).to(acc).div_(cap).tanh_()  # (V, r) tanh(z / cap)
+    if slope is not None:
+        torch.mul(t, t, out=slope).neg_().add_(1.0)
+    s = t.mul_(cap)  # the capped logits
+    top = s.amax(0)  # (r,)
+    sy = s.gather(0, y1[None, :]).squeeze(0)  # (r,) the right tokens' capped logits
+    e = s.sub_(top).exp_()  # at most 1
+    total = e.sum(0)
+    piece = (top + total.log() - sy).sum()
+    if slope is None:
+        return piece
+    g = e.mul_(total.reciprocal())  # softmax
+    g.scatter_add_(0, y1[None, :], torch.full((1, y1.shape[0]), -1.0, device=g.device, dtype=g.dtype))
+    g.mul_(slope)  # (softmax - onehot) * (1 - tanh²) = d loss / d z
+    gc = g.to(w.dtype)
+    if gh is not None:
+        torch.mm(gc.t(), w, out=gh)  # (r, C)
+    if grad_w is not None:
+        if gc.dtype == grad_w.dtype:
+            grad_w.addmm_(gc, hc, alpha=scale)
+        else:  # float16/bfloat16 operands, summed in float32
+            grad_w.add_(gc @ hc, alpha=scale)
+    if grad_b is not None:
+        grad_b.add_(g.sum(1), alpha=scale)
+    return piece
+
+
 class _FusedCrossEntropy(torch.autograd.Function):
     """mean_i CE(h_i @ W.T + b, y_i) over rows with y_i != -1, its gradients computed in forward."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, targets, rows_per_chunk, buffer):  # noqa: ANN001
+    def forward(ctx, h, weight, bias, targets, rows_per_chunk, buffer, softcap, slopes):  # noqa: ANN001
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
-        loss, grad_h, grad_w, grad_b = _fused(h, weight, bias, targets, rows_per_chunk, buffer, need_h, need_w, need_b)
+        loss, grad_h, grad_w, grad_b = _fused(
+            h, weight, bias, targets, rows_per_chunk, buffer, need_h, need_w, need_b, softcap, slopes
+        )
         ctx.save_for_backward(
             grad_h,
             grad_w.to(weight.dtype) if grad_w is not None else None,
@@ -269,7 +348,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
         one = bool(grad_out == 1.0)  # a plain loss.backward(): the stored gradients are the answer
         for g in ctx.saved_tensors:
             grads.append(g if g is None or one else g * grad_out.to(g.dtype))
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 @torch.compiler.disable  # data-dependent Python (row counts, block loop): keep it out of torch.compile graphs
@@ -280,24 +359,30 @@ def fused_cross_entropy(
     targets: torch.Tensor,
     rows_per_chunk: int | None = None,
     buffer: BlockBuffer | None = None,
+    softcap: float = 0.0,
+    slope_buffer: BlockBuffer | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of `h @ weight.T + bias` against `targets` (positions with -1 ignored).
+    """Mean cross-entropy of `h @ weight.T + bias` against `targets` (positions with -1 ignored),
+    the logits soft-capped first when `softcap` > 0 (`soft_cap`).
 
     h: (..., C) hidden states; weight: (V, C); bias: (V,) or None; targets: (...) int64 ids.
     Equal (within float rounding) to
     `F.cross_entropy(F.linear(h, weight, bias).flatten(0, -2).float(), targets.flatten(), ignore_index=-1)`,
     gradients included, without ever holding the (N, V) logits. `buffer`: the caller's memory for
-    the blocks (a fresh one, used for this call only, when None).
+    the blocks (a fresh one, used for this call only, when None); `slope_buffer` likewise, for the
+    cap's slope.
     """
     h2 = h.reshape(-1, h.shape[-1])
     y = targets.reshape(-1)
     if y.shape[0] != h2.shape[0]:
         raise ValueError(f"{h2.shape[0]} hidden rows but {y.shape[0]} targets")
-    rows = rows_per_chunk or chunk_rows(weight.shape[0], h2.shape[0])
+    elements = CHUNK_ELEMENTS // 2 if softcap else CHUNK_ELEMENTS  # capped: two (V, rows) blocks
+    rows = rows_per_chunk or chunk_rows(weight.shape[0], h2.shape[0], elements)
     needs_grad = torch.is_grad_enabled() and (
         h.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     )
     buffer = buffer if buffer is not None else BlockBuffer()
     if not needs_grad:  # evaluation: the loss alone, block by block
-        return _fused(h2, weight, bias, y, rows, buffer, False, False, False)[0]
-    return _FusedCrossEntropy.apply(h2, weight, bias, y, rows, buffer)
+        return _fused(h2, weight, bias, y, rows, buffer, False, False, False, softcap)[0]
+    slopes = slope_buffer if slope_buffer is not None else BlockBuffer()
+    return _FusedCrossEntropy.apply(h2, weight, bias, y, rows, buffer, softcap, slopes)

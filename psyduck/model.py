@@ -15,9 +15,14 @@ forward pass asks again which variant it is):
 - positions: sinusoidal (Vaswani et al. 2017, https://arxiv.org/abs/1706.03762, sec. 3.5; the seed),
   learned (GPT-2), or rotary RoPE (Su et al. 2021, https://arxiv.org/abs/2104.09864; Llama);
 - norm: LayerNorm or RMSNorm (https://arxiv.org/abs/1910.07467), always *pre*-norm (GPT-2 style);
-- FFN activation: ReLU (the seed), GELU (GPT-2), SwiGLU (https://arxiv.org/abs/2002.05202; Llama);
+- FFN activation: ReLU (the seed), GELU (GPT-2), SwiGLU (https://arxiv.org/abs/2002.05202; Llama),
+  or ReLU² (Primer, https://arxiv.org/abs/2109.08668; modded-nanogpt, nanochat);
 - grouped-query attention (https://arxiv.org/abs/2305.13245): n_kv_head key/value heads shared by
   groups of query heads;
+- QK-norm: each head's queries and keys RMS-normalized before RoPE and the scores (as in
+  modded-nanogpt and nanochat), so no score can grow without bound as the weights do;
+- logit soft-capping (Gemma 2, https://arxiv.org/abs/2408.00118; modded-nanogpt): the logits pass
+  through cap * tanh(logits / cap), in training, evaluation and generation alike (`GPT.logits`);
 - tied or untied input/output embeddings, biases on or off (the output layer's on its own), dropout.
 
 Attention comes in two forms with the *same weights*: `Attention`, one head with an explicit
@@ -34,6 +39,8 @@ comes back None.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,7 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from psyduck.config import ModelConfig
-from psyduck.losses import OutputLoss, plain_loss
+from psyduck.losses import OutputLoss, plain_loss, soft_cap
 
 if TYPE_CHECKING:  # generation's KV cache (psyduck/generate/cache.py), which the attention fills
     from psyduck.generate.cache import KVCache, LayerCache
@@ -51,20 +58,34 @@ if TYPE_CHECKING:  # generation's KV cache (psyduck/generate/cache.py), which th
 # Feed-forward network
 # ---------------------------------------------------------------------------------------------
 
+class ReLUSquared(nn.Module):
+    """relu(x)², found by Primer's search (https://arxiv.org/abs/2109.08668): ReLU's zeros with a
+    gradient that grows from 0 instead of jumping to 1 (modded-nanogpt, nanochat: non-gated)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+# model.activation -> the non-linearity of the plain (non-gated) FFN
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "gelu": partial(nn.GELU, approximate="tanh"), "relu2": ReLUSquared,
+}
+
+
 class FFN(nn.Module):
     """The position-wise feed-forward network: each token's vector, on its own, through a small MLP.
 
-    Linear d -> 4d, a non-linearity, Linear 4d -> d, dropout. Attention moves information between
-    positions; the FFN is where most of the per-token "thinking" (and most parameters) lives. The
-    4x widening gives the non-linearity room to carve many features out of the residual stream.
-    Dropout (Srivastava et al. 2014, https://jmlr.org/papers/v15/srivastava14a.html) zeroes a random
-    fraction of the output while training, so no unit can count on any other being there.
+    Linear d -> 4d, a non-linearity (`ACTIVATIONS`), Linear 4d -> d, dropout. Attention moves
+    information between positions; the FFN is where most of the per-token "thinking" (and most
+    parameters) lives. The 4x widening gives the non-linearity room to carve many features out of
+    the residual stream. Dropout (Srivastava et al. 2014, https://jmlr.org/papers/v15/srivastava14a.html)
+    zeroes a random fraction of the output while training, so no unit can count on any other being there.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.up = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=cfg.bias)  # d -> 4d
-        self.act = nn.ReLU() if cfg.activation == "relu" else nn.GELU(approximate="tanh")
+        self.act = ACTIVATIONS[cfg.activation]()
         self.down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=cfg.bias)  # 4d -> d
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -246,6 +267,12 @@ class MultiHeadAttention(nn.Module):
     fused matrix multiply; the attention itself is picked once, here: `fused_attention` (the fast
     path), or one `Attention` per head (`ModelConfig.attention = "teaching"`). Same weights, same
     math, same outputs.
+
+    With `qk_norm`, every head's q and k are RMS-normalized (over head_size, with a learned gain per
+    dimension shared by the heads) before RoPE rotates them: a score q·k/sqrt(hs) is then bounded
+    by the gains, not by how large the weights have grown, which lets training run at higher rates
+    without the softmax saturating. modded-nanogpt and nanochat normalize without a gain; the gain
+    starts at 1, so a fresh model computes exactly what theirs does.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -256,6 +283,11 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_size, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        if cfg.qk_norm:  # one gain vector for all query heads, one for all key heads
+            self.q_norm: nn.Module = nn.RMSNorm(cfg.head_size, eps=cfg.norm_eps)
+            self.k_norm: nn.Module = nn.RMSNorm(cfg.head_size, eps=cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
         if cfg.attention == "teaching":  # the one head (and its block_size² mask) exists only here
             self.head = Attention(cfg.head_size, cfg.block_size, cfg.dropout)
             self.attend = self.head_by_head
@@ -278,6 +310,7 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, H, T, hs)
         k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, Hkv, T, hs)
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)  # QK-norm over each head's vector (or nothing)
         if rope is not None:  # rotary positions: rotate queries and keys by their positions' angles
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         keep = None  # the causal mask; a cache of rows of different lengths says what each row may see
@@ -324,7 +357,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """The whole model. `logits, loss = model(idx, targets)`, as in the seed."""
+    """The whole model. `logits, loss = model(idx, targets)`, as in the seed. Every logit it gives
+    out passes through `logits` (the loss is told the same cap), generation's twin included."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -375,6 +409,10 @@ class GPT(nn.Module):
             cache.length += T
         return self.norm(x)
 
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., C) -> logits (..., V): the output layer, soft-capped if configured."""
+        return soft_cap(self.lm_head(h), self.config.logit_softcap)
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
         *, loss: OutputLoss = plain_loss,
@@ -394,8 +432,8 @@ class GPT(nn.Module):
         if cache is not None:
             if targets is not None:
                 raise ValueError("a KV cache is for generation: pass targets without one")
-            return self.lm_head(self.body(idx, cache)[:, -1:]), None  # (B, 1, V)
+            return self.logits(self.body(idx, cache)[:, -1:]), None  # (B, 1, V)
         h = self.body(idx)  # (B, T, C)
         if targets is None:
-            return self.lm_head(h), None  # (B, T, V)
-        return loss(h, self.lm_head, targets)
+            return self.logits(h), None  # (B, T, V)
+        return loss(h, self.lm_head, targets, softcap=self.config.logit_softcap)

@@ -117,4 +117,10 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     for pid, extra in meta.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(extra)
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    try:
+        opt.load_state_dict({"state": state, "param_groups": groups})
+    except ValueError as e:  # another optimizer's groups (train.optimizer changed on resume)
+        raise PsyDuckError(
+            f"the checkpoint's optimizer state does not fit this optimizer ({short_error(e)}); "
+            "resume with the train.optimizer the run was trained with (its config.json)"
+        ) from None

@@ -22,6 +22,9 @@ VARIANTS = [
     dict(pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True),
     dict(pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=False, bias=False, n_kv_head=2),
     dict(pos="rope", norm="layernorm", activation="gelu", tie_embeddings=True, bias=False, n_kv_head=1),
+    # the issue-21 levers: ReLU², QK-norm (before RoPE, and without it), logit soft-capping
+    dict(pos="rope", norm="rmsnorm", activation="relu2", bias=False, n_kv_head=2, qk_norm=True, logit_softcap=3.0),
+    dict(pos="learned", norm="layernorm", activation="relu2", tie_embeddings=True, qk_norm=True, logit_softcap=0.5),
 ]
 
 
@@ -241,6 +244,8 @@ def test_generation_params_are_frozen_and_drop_empty_stop_strings():
         (dict(pos="alibi"), "model.pos='alibi' is not one of sinusoidal, learned, rope; pick one of them"),
         (dict(d_model=30), "model.d_model=30 is not divisible by model.n_head=4; choose a head count that divides the width"),
         (dict(n_kv_head=3), "model.n_kv_head=3 must divide model.n_head=4 (each key/value head serves a whole group of query heads)"),
+        (dict(logit_softcap=-1.0), "model.logit_softcap must be >= 0 (0: off), got -1.0"),
+        (dict(activation="relu3"), "model.activation='relu3' is not one of relu, gelu, swiglu, relu2; pick one of them"),
     ],
 )
 def test_bad_model_configs_are_refused(kw, message):

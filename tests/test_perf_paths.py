@@ -2,7 +2,8 @@
 
 - the fused linear cross-entropy (`psyduck.losses.fused_cross_entropy`) equals one matmul +
   `F.cross_entropy`, loss and gradients with respect to h, the weight and the bias, for any block
-  size, with ignored targets (-1), with and without bias, under no_grad and under autocast;
+  size, with ignored targets (-1), with and without bias, with and without a logit soft-cap, under
+  no_grad and under autocast;
 - the model's training call `model(x, y, loss=FusedLoss())` gives the loss and parameter
   gradients of the full-logits call; a `FusedLoss` reuses its own block memory.
 """
@@ -19,12 +20,13 @@ from hypothesis import strategies as st
 
 from psyduck.config import ModelConfig, TrainConfig
 from psyduck.errors import PsyDuckError
-from psyduck.losses import BlockBuffer, FusedLoss, chunk_rows, fused_cross_entropy, make_loss, plain_loss
+from psyduck.losses import BlockBuffer, FusedLoss, chunk_rows, fused_cross_entropy, make_loss, plain_loss, soft_cap
 from psyduck.model import GPT
 
 
-def plain(h, w, b, y):
-    return F.cross_entropy(F.linear(h, w, b).reshape(-1, w.shape[0]), y.reshape(-1), ignore_index=-1)
+def plain(h, w, b, y, cap=0.0):
+    logits = soft_cap(F.linear(h, w, b), cap)
+    return F.cross_entropy(logits.reshape(-1, w.shape[0]), y.reshape(-1), ignore_index=-1)
 
 
 def loss_and_grads(fn, h, w, b, y, upstream=1.0):
@@ -48,12 +50,12 @@ def make(n, c, v, bias, ignore, dtype=torch.float64, seed=0, lead=()):
 @given(
     n=st.integers(1, 40), c=st.integers(1, 17), v=st.integers(2, 300), bias=st.booleans(),
     ignore=st.sampled_from([0.0, 0.3, 0.9]), rows=st.integers(1, 45), upstream=st.sampled_from([1.0, 2.5]),
-    seed=st.integers(0, 2**16),
+    seed=st.integers(0, 2**16), cap=st.sampled_from([0.0, 0.0, 0.7, 4.0]),
 )
-def test_fused_loss_and_grads_equal_plain(n, c, v, bias, ignore, rows, upstream, seed):
+def test_fused_loss_and_grads_equal_plain(n, c, v, bias, ignore, rows, upstream, seed, cap):
     h, w, b, y = make(n, c, v, bias, ignore, seed=seed)
-    ref_loss, ref_grads = loss_and_grads(plain, h, w, b, y, upstream)
-    loss, grads = loss_and_grads(lambda *a: fused_cross_entropy(*a, rows_per_chunk=rows), h, w, b, y, upstream)
+    ref_loss, ref_grads = loss_and_grads(lambda *a: plain(*a, cap=cap), h, w, b, y, upstream)
+    loss, grads = loss_and_grads(lambda *a: fused_cross_entropy(*a, rows_per_chunk=rows, softcap=cap), h, w, b, y, upstream)
     if bool((y == -1).all()):  # nothing to average over: NaN, as F.cross_entropy gives, and zero gradients
         assert torch.isnan(loss) and torch.isnan(ref_loss)
     else:
@@ -122,6 +124,27 @@ def test_low_precision_autocast_matches_plain_autocast(dtype, spread):
         torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_soft_capped_fused_loss_in_float32_under_autocast_and_without_grad(dtype):
+    """The capped block step in the precisions training uses: float32, and bfloat16 matmuls with
+    float32 softmax under autocast; and evaluation's loss-only pass."""
+    h, w, b, y = make(64, 32, 500, True, 0.1, dtype=torch.float32)
+    w = w * 4  # logits of +-10 and more: the cap (5) bends them
+    ref = lambda h, w, b, y: F.cross_entropy(soft_cap(F.linear(h, w, b).float(), 5.0), y, ignore_index=-1)  # noqa: E731
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        ref_loss, ref_grads = loss_and_grads(ref, h, w, b, y)
+        loss, grads = loss_and_grads(lambda *a: fused_cross_entropy(*a, rows_per_chunk=9, softcap=5.0), h, w, b, y)
+        with torch.no_grad():
+            alone = fused_cross_entropy(h, w, b, y, softcap=5.0)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(loss, ref_loss, **tol)
+    torch.testing.assert_close(alone, ref_loss, **tol)
+    assert abs(float(ref_loss) - float(plain(h, w, b, y))) > 0.1  # the cap did change the loss
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, **(tol if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-3)))
+
+
 def test_chunk_rows_bounds():
     assert chunk_rows(100_277, 2048) == 512
     assert chunk_rows(8192, 2048) == 2048  # a small vocabulary: one block
@@ -135,6 +158,8 @@ def test_chunk_rows_bounds():
         dict(tie_embeddings=False, bias=True, head_bias=True),
         dict(tie_embeddings=False, bias=True, head_bias=True, dropout=0.0, pos="sinusoidal", norm="layernorm",
              activation="relu"),
+        dict(tie_embeddings=False, head_bias=True, activation="relu2", qk_norm=True, logit_softcap=2.0),
+        dict(tie_embeddings=True, bias=False, logit_softcap=0.3),
     ],
 )
 def test_model_training_loss_equals_full_logits_loss(variant):

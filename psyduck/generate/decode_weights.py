@@ -12,9 +12,10 @@ of the model: the same modules and the *same* parameter tensors, except that its
   Only matrices of at least HALF_MIN weights get one; smaller ones stream fast anyway. The output
   layer's copy has the mean of its rows (and of its bias) subtracted: every logit of a position
   then moves by the same amount, which the softmax ignores, so float16 rounds only the logits'
-  spread, not a common offset (GPT-2's logits sit far below zero). Next-token probabilities stay
-  within 0.005 total variation of float32's (tests/test_decoding.py). A value beyond float16's range
-  turns into inf; the decode loop then redoes that step with exact weights.
+  spread, not a common offset (GPT-2's logits sit far below zero); not under a logit soft-cap,
+  whose tanh a common offset does change. Next-token probabilities stay within 0.005 total
+  variation of float32's (tests/test_decoding.py). A value beyond float16's range turns into inf;
+  the decode loop then redoes that step with exact weights.
 - `TransposedLinear` (`exact=True`): float32 throughout. `nn.Linear` stores W as (out, in); for
   one row BLAS then takes `out` short dot products and streams the matrix poorly, so layers with
   out > in get a transposed (in, out) copy, read as long contiguous runs. Same products, summed in
@@ -107,7 +108,8 @@ class DecodeWeights:
         """
         shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
         net = copy.deepcopy(model, memo=shared).eval()  # new modules, the same tensors
-        output = getattr(net, "lm_head", None)
+        capped = bool(getattr(getattr(model, "config", None), "logit_softcap", 0.0))
+        output = None if capped else getattr(net, "lm_head", None)  # the layer whose copy is centred
         for parent in list(net.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):

@@ -24,6 +24,9 @@ import torch
 from psyduck.config import TrainConfig
 from psyduck.losses import OutputLoss, plain_loss
 from psyduck.train.distributed import Distributed
+from psyduck.train.muon import MuonAdamW, hidden_matrices, make_muon
+
+Optimizer = torch.optim.Optimizer | MuonAdamW  # what `make_optimizer` returns, and `train_step` steps
 
 
 def lr_at(step: int, t: TrainConfig, fraction: float | None = None) -> float:
@@ -73,14 +76,23 @@ def _stable_then_decay(f: float, t: TrainConfig) -> float:
 
 def make_optimizer(
     model: torch.nn.Module, t: TrainConfig, device: torch.device, *, fused: bool = True
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D weights only (matrices and embeddings, not biases or norms).
+) -> Optimizer:
+    """AdamW with weight decay on 2-D weights only (matrices and embeddings, not biases or norms);
+    with train.optimizer="muon", Muon for the blocks' matrices and that AdamW for the rest: the
+    embeddings, the output layer, the gains and the biases (`MuonAdamW`, psyduck/train/muon.py).
 
     With `fused` (the default), the fused implementation runs one kernel for all parameters where
     PyTorch has it, much faster on CPUs than the loop over parameters (docs/perf-notes-train.md);
     `fused=False` is PyTorch's default AdamW, the benchmark's `default_adamw` lever.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    hidden = hidden_matrices(model) if t.optimizer == "muon" else []
+    muon_ids = {id(p) for p in hidden}
+    adamw = _adamw([p for p in model.parameters() if p.requires_grad and id(p) not in muon_ids], t, device, fused)
+    return MuonAdamW(make_muon(hidden, t), adamw) if hidden else adamw
+
+
+def _adamw(params: list[torch.nn.Parameter], t: TrainConfig, device: torch.device, fused: bool) -> torch.optim.AdamW:
+    """AdamW over `params`: one group of 2-D weights with train.weight_decay, one without decay."""
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
@@ -105,7 +117,7 @@ class StepSetup:
 
     net: torch.nn.Module  # what runs forward: the model, maybe compiled and/or wrapped in DDP
     model: torch.nn.Module  # the bare model: its parameters are the ones clipped
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     train: TrainConfig  # batch_size (rows per micro-batch) and grad_clip
     accum: int = 1  # micro-batches per step in this process
     autocast: AbstractContextManager[Any] = field(default_factory=nullcontext)
@@ -114,10 +126,11 @@ class StepSetup:
     ranks: Distributed = field(default_factory=Distributed)  # the processes sharing each step
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The schedule's rate for this step, in every parameter group."""
+def set_lr(optimizer: Optimizer, lr: float) -> None:
+    """The schedule's rate for this step, in every parameter group (times the group's `lr_scale`:
+    Muon's peak rate is its own, train.muon_lr, and follows the same schedule)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def train_step(setup: StepSetup, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:

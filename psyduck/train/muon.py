@@ -1,0 +1,85 @@
+"""Muon for the blocks' matrices, AdamW for everything else: two optimizers that act as one.
+
+Muon (Keller Jordan 2024, https://kellerjordan.github.io/posts/muon/; the optimizer of the
+modded-nanogpt speedruns and of nanochat) updates a weight matrix by its momentum *orthogonalized*:
+the nearest matrix whose singular values are all about 1, found by five steps of a quintic
+Newton–Schulz iteration, X <- aX + b(XXᵀ)X + c(XXᵀ)²X with (a, b, c) = (3.4445, -4.7750, 2.0315).
+A raw gradient is dominated by a few directions; the orthogonalized one moves every direction of
+the matrix by the same amount. It is meant for the 2-D weights inside the blocks (attention's qkv
+and proj, the FFN's matrices); the embeddings, the output layer, the norms' gains and the biases
+keep AdamW, as in modded-nanogpt and nanochat.
+
+PyTorch ships the update (`torch.optim.Muon`: Nesterov momentum, those coefficients, the rate
+scaled by max(1, rows/cols)^0.5 so tall and wide matrices move alike). `MuonAdamW` holds a Muon
+and an AdamW and looks like one optimizer to the rest of PsyDuck: `step`, `zero_grad`,
+`param_groups` (Muon's first), and a `state_dict` numbered as one optimizer's, so checkpoints and
+exact resume work as they do for AdamW alone (psyduck/state_dicts.py).
+
+The schedule: each group carries an `lr_scale`, its peak rate over train.lr (train.muon_lr /
+train.lr for Muon's group, 1 for AdamW's), and `step.set_lr` gives it the schedule's rate times
+that, so warmup and decay shape both optimizers alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from psyduck.config import TrainConfig
+
+
+def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The 2-D weights inside the transformer blocks (`blocks.<i>....weight`): Muon's parameters."""
+    return [
+        p for name, p in model.named_parameters()
+        if p.requires_grad and p.dim() == 2 and "blocks" in name.split(".")
+    ]
+
+
+def make_muon(params: list[torch.nn.Parameter], t: TrainConfig) -> torch.optim.Muon:
+    """torch's Muon at train.muon_lr and train.muon_momentum. train.weight_decay is decoupled as in
+    AdamW (each step w <- w * (1 - rate * decay)), at Muon's own, larger rate."""
+    group = {"params": params, "lr_scale": t.muon_lr / t.lr}
+    return torch.optim.Muon([group], lr=t.muon_lr, momentum=t.muon_momentum, weight_decay=t.weight_decay)
+
+
+class MuonAdamW:
+    """A Muon and an AdamW stepped together, with one set of param groups and one state dict."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW) -> None:
+        self.muon = muon
+        self.adamw = adamw
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Muon's groups, then AdamW's (the dicts themselves: setting a group's lr sets it)."""
+        return [*self.muon.param_groups, *self.adamw.param_groups]
+
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        if closure is not None:
+            raise ValueError("MuonAdamW.step takes no closure")
+        self.muon.step()
+        self.adamw.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both states as one optimizer's: parameters numbered through Muon's groups, then AdamW's."""
+        m, a = self.muon.state_dict(), self.adamw.state_dict()
+        offset = sum(len(g["params"]) for g in m["param_groups"])
+        state = {**m["state"], **{pid + offset: s for pid, s in a["state"].items()}}
+        adamw_groups = [{**g, "params": [pid + offset for pid in g["params"]]} for g in a["param_groups"]]
+        return {"state": state, "param_groups": [*m["param_groups"], *adamw_groups]}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore what `state_dict` wrote; ValueError when it is another optimizer's state."""
+        groups, k = sd["param_groups"], len(self.muon.param_groups)
+        if len(groups) != k + len(self.adamw.param_groups) or any("ns_coefficients" not in g for g in groups[:k]):
+            raise ValueError("the saved state is not a Muon + AdamW optimizer's")
+        for opt, part in ((self.muon, groups[:k]), (self.adamw, groups[k:])):
+            ids = {pid for g in part for pid in g["params"]}
+            opt.load_state_dict({"state": {pid: s for pid, s in sd["state"].items() if pid in ids}, "param_groups": part})
