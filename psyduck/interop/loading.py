@@ -20,10 +20,18 @@ from psyduck.tokenizer import Tokenizer
 
 
 def load_for_export(run: Path, checkpoint: str | None) -> tuple[GPT, Tokenizer]:
-    """The run's model (eval mode, CPU) and tokenizer; refused when any weight is NaN or infinite."""
+    """The run's model (eval mode, CPU) and tokenizer; refused when any weight is NaN or infinite, or
+    when the model uses a recipe variant no exporter computes yet (`ModelConfig.nonstandard_features`:
+    exporting it anyway would give a model that silently computes something else)."""
     from psyduck.runs import load_run
 
     model, tok = load_run(run, checkpoint=checkpoint)
+    features = model.config.nonstandard_features()
+    if features:
+        raise PsyDuckError(
+            f"cannot export {run}: it was trained with {', '.join(features)}, which no export format computes yet; "
+            "export a run trained without them"
+        )
     bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
     if bad:
         raise PsyDuckError(
