@@ -226,8 +226,9 @@ def test_export_refuses_nan_weights_in_one_line(bpe, tmp_path, capsys):
     r = cli(capsys, "export", str(tmp_path / "run"), "--out", str(tmp_path / "hf"))
     assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr
     assert r.stderr == (
-        f"psyduck: error: cannot export {tmp_path / 'run'}: 1 weight tensor(s) hold NaN or infinite values "
-        "(first: blocks.1.ffn.up.weight); export an earlier checkpoint with --checkpoint\n"
+        f"psyduck: error: the weights of run {tmp_path / 'run'} (step_0000001) are not finite (1 of "
+        f"{sum(p.numel() for p in model.parameters()):,} values are NaN or infinite, the first in blocks.1.ffn.up.weight): "
+        "training likely diverged; pick an earlier checkpoint with --checkpoint, or train again with a lower lr\n"
     )
     assert not (tmp_path / "hf").exists()
     from psyduck.cli import main

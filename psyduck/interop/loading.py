@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 
 from psyduck.errors import PsyDuckError
 from psyduck.model import GPT
@@ -20,8 +19,8 @@ from psyduck.tokenizer import Tokenizer
 
 
 def load_for_export(run: Path, checkpoint: str | None) -> tuple[GPT, Tokenizer]:
-    """The run's model (eval mode, CPU) and tokenizer; refused when any weight is NaN or infinite, or
-    when the model uses a recipe variant no exporter computes yet (`ModelConfig.nonstandard_features`:
+    """The run's model (eval mode, CPU) and tokenizer; refused (by `load_run`) when any weight is NaN or
+    infinite, and here when the model uses a recipe variant no exporter computes yet (`ModelConfig.nonstandard_features`:
     exporting it anyway would give a model that silently computes something else)."""
     from psyduck.runs import load_run
 
@@ -31,12 +30,6 @@ def load_for_export(run: Path, checkpoint: str | None) -> tuple[GPT, Tokenizer]:
         raise PsyDuckError(
             f"cannot export {run}: it was trained with {', '.join(features)}, which no export format computes yet; "
             "export a run trained without them"
-        )
-    bad = [name for name, p in model.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
-    if bad:
-        raise PsyDuckError(
-            f"cannot export {run}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}); "
-            "export an earlier checkpoint with --checkpoint"
         )
     return model, tok
 
