@@ -1,5 +1,8 @@
 """The `psyduck` command: one thin subcommand per module of the Python API.
 
+(Its ~430 lines are argument declarations, one `_add_<command>` function per subcommand, and
+handlers of a few lines each; commands with more to say have their own modules.)
+
     psyduck prepare wiki-vital --tokenizer bpe-32768 --out data/wiki-vital
     psyduck train --preset cpu-small --data data/wiki-vital --out runs/demo [key=value ...]
     psyduck train --preset cpu-small --minutes 10        # by the clock: the schedule fits the budget
@@ -244,10 +247,8 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(json.dumps(get_preset(args.preset).to_dict(), indent=2))
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="psyduck", description="Build, train and sample a small GPT from scratch.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    """`psyduck prepare SOURCE`: text -> token shards."""
     s = sub.add_parser(
         "prepare", help="tokenize a corpus into token shards",
         description="Tokenize a corpus once into token shards (train/val, and test where the corpus has one).",
@@ -286,6 +287,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an --out folder that holds a run or other files")
     s.set_defaults(func=cmd_prepare)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    """`psyduck train`: a preset or config, flags and key=value overrides -> a run folder."""
     s = sub.add_parser("train", help="train a model into a run folder")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. model.n_layer=4 lr=1e-3")
     s.add_argument("--preset", help="seed-60m, cpu-small (default), tiny, gpt2-124m")
@@ -309,6 +313,9 @@ def make_parser() -> argparse.ArgumentParser:
         s.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
     s.set_defaults(func=cmd_train)
 
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    """`psyduck generate RUN`: sample text."""
     s = sub.add_parser("generate", help="sample text from a trained run")
     s.add_argument("run")
     s.add_argument("--prompt", default="")
@@ -326,6 +333,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     s.set_defaults(func=cmd_generate)
 
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    """`psyduck eval RUN`: held-out loss and bits per byte, or benchmark tasks."""
     s = sub.add_parser(
         "eval", help="loss, perplexity and bits per byte of a run on held-out data, or benchmark tasks",
         description="Loss, perplexity and bits per byte over every token of a split, each predicted once; "
@@ -360,10 +370,24 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_eval)
 
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    """`psyduck config`: the presets and their keys."""
     s = sub.add_parser("config", help="show a preset's full configuration")
     s.add_argument("--preset", default="cpu-small")
     s.add_argument("--list", action="store_true", help="list the presets")
     s.set_defaults(func=cmd_config)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="psyduck", description="Build, train and sample a small GPT from scratch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_eval(sub)
+    _add_config(sub)
 
     for name in PLUGIN_COMMANDS:  # modules that add their own subcommands: `register(subparsers)`
         try:

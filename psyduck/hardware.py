@@ -86,7 +86,7 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype, sizes: tuple[i
     A small probe matmul first predicts what each size costs (a matmul's time grows as n^3); a size
     whose warm-up and timed loop would not fit in the time left is skipped. Without the probe, a
     precision the CPU emulates (float16 on most CPUs: seconds per 2048^2 matmul) froze the start of
-    a run for minutes before its first line (docs/perf-notes-htrain.md).
+    a run for minutes before its first line (docs/performance.md ("Peak-FLOP measurement and half precision on CPUs")).
     """
     deadline = time.perf_counter() + budget
     probe_n = 256

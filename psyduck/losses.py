@@ -39,7 +39,7 @@ Choices:
   subtraction). Here it is the right token's logit z_y, one dot product per row computed up front
   and written into the block before the matmul adds onto it: exp(z - z_y) overflows only where some
   logit is ~88 above the right one (a loss of 88+ nats; that block is then redone with the max), and
-  the right token's own exp(0) = 1 keeps every sum >= 1 (faster per block: docs/perf-notes-model.md).
+  the right token's own exp(0) = 1 keeps every sum >= 1 (faster per block: docs/performance.md ("The model, the loss and the presets")).
   Under autocast (float16/bfloat16 matmuls) the max is subtracted as well, so the exps that go
   back into low-precision matmuls stay at most 1.
 - Rows ignored by the loss (target -1) are dropped before the matmuls; their gradient is zero.
@@ -143,7 +143,7 @@ class FusedLoss:
 def make_loss(choice: "LossChoice", device: torch.device) -> OutputLoss:
     """The loss `train.loss` names, resolved for this device: a `FusedLoss`, or `plain_loss`.
 
-    "auto" picks by device, as measured (docs/perf-notes-model.md): on CPUs the fused loss trains
+    "auto" picks by device, as measured (docs/performance.md ("The model, the loss and the presets")): on CPUs the fused loss trains
     faster in far less memory; on GPUs torch.compile fuses the plain full-logits loss into a few
     kernels, while the fused loop syncs with the host and breaks the compiled graph. Pick "fused"
     on a GPU when the (B*T, V) logits do not fit in its memory.

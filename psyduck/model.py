@@ -1,5 +1,8 @@
 """A GPT, readable top to bottom.
 
+(One file of ~440 lines on purpose, as nanoGPT's model.py is one: a reader follows a token from
+embedding to logits without leaving it.)
+
 A GPT turns a sequence of token ids into, at every position, a guess (a probability distribution)
 for the token that comes next. It is a stack of identical blocks over a "residual stream": a vector
 of width d_model per position that each block reads from and adds to.

@@ -1,5 +1,8 @@
 """Text <-> token ids: one `Tokenizer` interface over two backends.
 
+(~420 lines: one interface over two backends, tiktoken and Hugging Face `tokenizers`, and the
+file format that stores either; each backend's part is small.)
+
 A language model never sees characters. It sees integers ("token ids"), each naming one entry of a
 fixed vocabulary, and it learns one embedding row per entry. A tokenizer is the agreed mapping between
 text and those integers. PsyDuck offers two:

@@ -8,7 +8,9 @@ scripts/setup.sh
 psy() { .venv/bin/psyduck "$@"; }
 tok=bpe-32768  # cpu-small's tokenizer; data prepared with another one (an older demo) is redone
 grep -q "\"tokenizer\": \"$tok\"" data/wiki-vital/meta.json 2>/dev/null || psy prepare wiki-vital --tokenizer $tok --out data/wiki-vital
-psy train --preset cpu-small --data data/wiki-vital --out runs/demo --resume --minutes 5 "$@"
+resume=()
+[[ -f runs/demo/config.json ]] && resume=(--resume)  # a second run continues the first
+psy train --preset cpu-small --data data/wiki-vital --out runs/demo ${resume[@]+"${resume[@]}"} --minutes 5 "$@"
 echo
 echo "=== three samples from runs/demo (each stops at its end-of-text token) ==="
 for seed in 0 1 2; do

@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Nothing in the suite may reach the Hub: set before any test imports huggingface_hub or datasets,
+# which read these once (a test that talks to a local stand-in Hub sets HF_HUB_OFFLINE=0 itself).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # The test models are tiny: one thread per process is as fast as two, and far faster when the two
 # cores are shared (OpenMP threads spin-waiting on a busy core). Child processes inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -234,7 +234,7 @@ def _text_lines(open_binary: Callable[[], ContextManager[BinaryIO]]) -> Iterator
 
     Lines end at "\n", "\r\n" or "\r" (Python's universal newlines, as the hub's conversion used),
     and nowhere else. Invalid UTF-8 becomes U+FFFD. (Reading bytes and cutting after the last "\n"
-    of each read is faster than a TextIOWrapper, see docs/perf-notes-data.md, and never splits a
+    of each read is faster than a TextIOWrapper, see docs/performance.md ("Preparing data"), and never splits a
     UTF-8 character.)
     """
     with open_binary() as f:

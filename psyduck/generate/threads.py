@@ -6,7 +6,7 @@ arithmetic, so splitting it over threads buys little, while every split costs a 
 torch's thread team. On a shared host the join is worse: it waits for the slowest thread, and a
 thread whose core is busy elsewhere is descheduled for a whole time slice. Batch-1 generation with
 torch's default (one thread per core) then runs several times slower than with one thread
-(docs/perf-notes-hcli.md has the measurements and their command).
+(docs/performance.md ("Decode threads") has the measurements and their command).
 
 So for a model of up to `ONE_THREAD_MAX_PARAMS` parameters (every preset, gpt2-124m included)
 decoding on a CPU uses one thread unless told otherwise. Larger models, GPUs, and anyone who set
@@ -25,7 +25,7 @@ import torch
 
 from psyduck.errors import PsyDuckError
 
-ONE_THREAD_MAX_PARAMS = 150_000_000  # measured up to gpt2-124m (docs/perf-notes-hcli.md)
+ONE_THREAD_MAX_PARAMS = 150_000_000  # measured up to gpt2-124m (docs/performance.md ("Decode threads"))
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # the user already chose
 
 

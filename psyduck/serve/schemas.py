@@ -30,7 +30,7 @@ def prompt_shape(value: Any) -> str:
 
 # OpenAI's four prompt shapes. Left to itself, pydantic tries every shape and builds an error per
 # element for each one that fails: seconds of the event loop for a long list of ids. Here the first
-# element picks the one shape to validate (docs/perf-notes-serve.md has the timings). The schema
+# element picks the one shape to validate (docs/performance.md ("The server: request limits and prompt validation") has the timings). The schema
 # stays the plain `anyOf` clients know.
 Prompt = Annotated[
     Annotated[str, Tag("text")] | Annotated[list[str], Tag("texts")] | Annotated[list[int], Tag("ids")]

@@ -82,7 +82,7 @@ def make_optimizer(
     embeddings, the output layer, the gains and the biases (`MuonAdamW`, psyduck/train/muon.py).
 
     With `fused` (the default), the fused implementation runs one kernel for all parameters where
-    PyTorch has it, much faster on CPUs than the loop over parameters (docs/perf-notes-train.md);
+    PyTorch has it, much faster on CPUs than the loop over parameters (docs/performance.md ("Training steps (the train package)"));
     `fused=False` is PyTorch's default AdamW, the benchmark's `default_adamw` lever.
     """
     hidden = hidden_matrices(model) if t.optimizer == "muon" else []

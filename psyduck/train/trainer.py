@@ -1,5 +1,8 @@
 """The training loop: when to step, evaluate, save, sample and stop.
 
+(Over 400 lines on purpose: the loop and the state every step reads and writes are one object;
+what could leave it has left, to preflight, step, state, signals, clock, task_scores and telemetry.)
+
 Every `eval_interval` steps: mean train and val loss over `eval_iters` batches, a line in
 metrics.jsonl, the loss-curve PNG, a text sample, and a checkpoint (or every `checkpoint_interval`
 steps, when that is set), with the benchmark scores `eval.tasks` names (task_scores.py). By the
