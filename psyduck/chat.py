@@ -232,8 +232,11 @@ def plain_template() -> ChatTemplate:
     return ChatTemplate(name="plain", system="System: ", user="User: ", assistant="Assistant: ", end="\n", separator="")
 
 
-def load_template(run_dir: str | Path) -> ChatTemplate:
-    """The run's chat template (RUN/chat_template.json), or `plain_template()` when it has none."""
+def load_template(run_dir: str | Path | None) -> ChatTemplate:
+    """The run's chat template (RUN/chat_template.json), or `plain_template()` when it has none (or
+    there is no run folder: a model served straight from Python)."""
+    if run_dir is None:
+        return plain_template()
     path = Path(run_dir) / TEMPLATE_FILE
     if not path.is_file():
         return plain_template()

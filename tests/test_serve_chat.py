@@ -129,3 +129,14 @@ def test_playground_chat_tab_streams_and_stops_in_a_real_browser(run_dir, loaded
         wait_idle(url)
         page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
         assert not errors, errors
+
+
+def test_a_model_served_without_a_run_folder_chats_with_the_plain_template(loaded):
+    from fastapi.testclient import TestClient
+
+    from psyduck.serve.app import create_app
+
+    model, tok = loaded
+    with TestClient(create_app(model=model, tokenizer=tok, model_name="m")) as client:
+        r = client.post("/v1/chat/completions", json={"model": "m", "messages": HELLO, "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(plain_template().encode(tok, HELLO))
