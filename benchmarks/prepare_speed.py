@@ -16,7 +16,8 @@
    With ``--format jsonl.zst | jsonl.gz | parquet`` the same articles are written as records
    ({"text": article}) of one file of that format instead, read by the `files` source.
 2. Runs `psyduck.data.prepare.prepare(...)` on it in a child process, so that its peak resident
-   memory can be read alone (resource.getrusage(RUSAGE_CHILDREN).ru_maxrss). With
+   memory can be read alone (its VmHWM, read by the child itself: getrusage's ru_maxrss would
+   also count the parent's pages, which hold the generated corpus, shared at fork). With
    ``--kill-halfway`` it then prepares again, SIGKILLs that child at half the first run's time,
    and runs it once more: the resumed run should take <= 1.1x the rest of an uninterrupted one.
 3. Prints JSON as its last line: input MB, seconds, MB/s, CPU seconds (the machine may be shared:
@@ -130,7 +131,8 @@ source = "wikitext-103" if sys.argv[6] == "wikitext" else "files"
 out = prepare(source, sys.argv[2], sys.argv[3], path=sys.argv[1], threads=int(sys.argv[4]) or None,
               show_progress=sys.argv[5] == "1")
 meta = json.loads((out / "meta.json").read_text())
-print(json.dumps({s: v["tokens"] for s, v in meta["splits"].items()}))
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))  # kB, this process only
+print(json.dumps({"tokens": {s: v["tokens"] for s, v in meta["splits"].items()}, "peak_rss_kb": hwm}))
 """
 
 
@@ -174,7 +176,8 @@ def main() -> None:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds, stdout = run_child(args, root / "corpus", root / "data")
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        tokens = json.loads(stdout.strip().splitlines()[-1])
+        child = json.loads(stdout.strip().splitlines()[-1])
+        tokens = child["tokens"]
         resume = None
         if args.kill_halfway:
             run_child(args, root / "corpus", root / "again", kill_after=seconds / 2)
@@ -183,7 +186,9 @@ def main() -> None:
                       "meets_target": resumed <= 1.1 * seconds / 2}
 
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    rss_mb = after.ru_maxrss / 1024  # kilobytes on Linux
+    # the child's own high-water mark (VmHWM after its exec): getrusage's ru_maxrss of a child also
+    # counts the pages it shared with this parent at fork, and the parent holds the generated corpus
+    rss_mb = child["peak_rss_kb"] / 1024
     result = {
         "benchmark": "prepare_speed",
         "format": args.format,
