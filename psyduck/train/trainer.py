@@ -396,8 +396,10 @@ class Trainer:
         else:
             if self.clock.by_time:
                 self.log(f"time budget of {format_seconds(self.clock.budget)} reached at step {self.step}")
-            if not last_row or last_row.get("step") != self.step:
-                last_row = self.record_evaluation(None, 0.0, final=True)
+            if not last_row or last_row.get("step") != self.step:  # the steps since the last evaluation count too
+                window_loss = window.mean_loss() if window.losses else None
+                rate = window.tokens_per_s(time.perf_counter()) if window.losses else 0.0
+                last_row = self.record_evaluation(window_loss, rate, final=True)
                 self.save("time budget" if self.clock.by_time else "final", last_row["val_loss"])
         return last_row
 
