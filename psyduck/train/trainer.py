@@ -1,8 +1,7 @@
 """The training loop: when to step, evaluate, save, sample and stop.
 
-(Over 400 lines on purpose: the loop and the state every step reads and writes are one object;
-what could leave it has left, to preflight, step, state, signals, clock, task_scores and telemetry.)
-
+(Over 400 lines on purpose: the loop and the state each step reads and writes are one object;
+the rest has left, to preflight, step, state, signals, clock, evaluation, task_scores, telemetry.)
 Every `eval_interval` steps: mean train and val loss over `eval_iters` batches, a line in
 metrics.jsonl, the loss-curve PNG, a text sample, and a checkpoint (or every `checkpoint_interval`
 steps, when that is set), with the benchmark scores `eval.tasks` names (task_scores.py). By the
@@ -41,13 +40,13 @@ from psyduck.runs import RunFolder, latest_checkpoint, list_checkpoints
 from psyduck.state_dicts import load_weights, short_error
 from psyduck.config import Config
 from psyduck.errors import PsyDuckError
-from psyduck.generate import GenerationParams, stream_text
 from psyduck.losses import FusedLoss, make_loss
 from psyduck.model import GPT
 from psyduck.tokenizer import Tokenizer
 from psyduck.train import preflight
 from psyduck.train.clock import Timetable, format_seconds
 from psyduck.train.distributed import Distributed
+from psyduck.train.evaluation import estimate_loss, sample
 from psyduck.train.feed import Batches, Feed
 from psyduck.train.signals import StopSignals
 from psyduck.train.state import load_training_checkpoint, save_training_checkpoint
@@ -189,32 +188,6 @@ class Trainer:
         sl = slice(self.dist.rank * rows, (self.dist.rank + 1) * rows)
         return x[sl].to(self.device, non_blocking=True), y[sl].to(self.device, non_blocking=True)
 
-    @torch.no_grad()
-    def estimate_loss(self) -> dict[str, float]:
-        """Mean loss over eval_iters batches per split, drawn from a generator seeded by the step,
-        so the estimate does not depend on whether the run was resumed."""
-        self.model.eval()
-        out = {}
-        t = self.cfg.train
-        for split in ("train", "val"):
-            g = torch.Generator().manual_seed(t.seed * 1_000_003 + self.step)
-            losses = []
-            for _ in range(t.eval_iters):
-                x, y = self.data.get_batch(split, t.batch_size, self.cfg.model.block_size, g)
-                with self.autocast:
-                    _, loss = self.model(x.to(self.device), y.to(self.device), loss=self.eval_loss)
-                losses.append(loss.item())
-            out[split] = sum(losses) / len(losses)
-        self.model.train()
-        return out
-
-    def sample(self) -> str:
-        """A short continuation of SAMPLE_PROMPT, seeded, so samples.txt shows the same draw improving."""
-        plain = (SAMPLE_PROMPT, self.tokenizer.encode(SAMPLE_PROMPT), ())
-        text, ids, stop = self.feed.sample_prompt if self.feed else plain  # a feed's: e.g. a held-out question
-        params = GenerationParams(self.cfg.train.sample_tokens, 0.8, 50, seed=self.cfg.train.seed, stop=stop)
-        return text + "".join(stream_text(self.model, self.tokenizer, ids, params))
-
     def save(self, reason: str = "eval", val_loss: float | None = None) -> Path:
         """Checkpoint now (rank 0 writes; others wait)."""
         path = self.out / "checkpoints" / f"step_{self.step:07d}"
@@ -267,7 +240,8 @@ class Trainer:
     def record_evaluation(self, train_window_loss: float | None, tok_per_s: float, final: bool = False) -> dict[str, Any]:
         """Evaluate (the tasks too, when due or `final`); rank 0 writes the metrics row, the loss
         curve and a sample. Returns the row."""
-        losses = self.estimate_loss()
+        t, bs = self.cfg.train, self.cfg.model.block_size
+        losses = estimate_loss(self.model, self.data, t, bs, self.step, self.device, self.autocast, self.eval_loss)
         elapsed = self.clock.seconds()
         self.speed.recheck_peak(elapsed)
         row = {
@@ -286,8 +260,9 @@ class Trainer:
             row.update(self.tasks.scores(self.model, self.tokenizer))
         if self.dist.main:
             self.run_log.write(row)
-            if self.cfg.train.sample_tokens:
-                text = self.sample()
+            if t.sample_tokens:  # a feed's prompt (e.g. a held-out question), else SAMPLE_PROMPT
+                prompt = self.feed.sample_prompt if self.feed else (SAMPLE_PROMPT, self.tokenizer.encode(SAMPLE_PROMPT), ())
+                text = sample(self.model, self.tokenizer, prompt, t)
                 with open(self.out / "samples.txt", "a", encoding="utf-8") as f:
                     f.write(f"--- step {self.step} (val loss {losses['val']:.3f})\n{text}\n\n")
         self.best_val = min(self.best_val, losses["val"])
@@ -462,15 +437,10 @@ def train(
     init_from: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train `cfg` into the run folder `out`; returns the last evaluation's numbers.
-
-    `resume=True` continues the run in `out` from its newest loadable checkpoint (with `cfg=None`,
-    using the config it saved; with a `cfg`, that one, its changes listed). `from_scratch=True`
-    trains the run in `out` anew from step 0, moving its old checkpoints and metrics aside into a
-    dated folder (the way out when every checkpoint is damaged). `init_from` starts from another run's weights with a fresh
-    optimizer and schedule (fine-tuning on new data prepared with the same tokenizer). `cfg` itself
-    is left as it was.
-    """
+    """Train `cfg` into the run folder `out` (`cfg` itself is left as it was); returns the last
+    evaluation's numbers. `resume`: continue the run in `out` from its newest loadable checkpoint
+    (its saved config, or `cfg` with the changes listed); `from_scratch`: train it anew, its old
+    checkpoints and metrics moved aside; `init_from`: another run's weights, a fresh optimizer."""
     trainer = Trainer(cfg, out, resume=resume, from_scratch=from_scratch, init_from=init_from, progress=progress)
     try:
         result = trainer.run()
