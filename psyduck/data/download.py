@@ -21,7 +21,6 @@ from __future__ import annotations
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +29,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from psyduck.errors import PsyDuckError
+from psyduck.io import atomic_path
 
 CHUNK = 1 << 16  # bytes per read
 TIMEOUT_S = 60  # seconds without an answer before we give up
@@ -53,10 +53,8 @@ def fetch(url: str, dest: Path, *, what: str, show_progress: bool = True) -> Pat
         return dest
     by_hand = f"download {url} by hand and save it as {dest}, or pass --path FILE"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_path(dest) as tmp:  # a broken download never takes the name (the fragment is removed)
+        with open(tmp, "wb") as out:
             request = urllib.request.Request(url, headers={"User-Agent": "psyduck"})
             try:
                 response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
@@ -86,7 +84,4 @@ def fetch(url: str, dest: Path, *, what: str, show_progress: bool = True) -> Pat
                 f"download of {what} from {url} was interrupted ({got:,}{of} bytes); "
                 f"run the command again, or {by_hand}"
             )
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)  # no-op after the rename; removes the fragment on any failure
+    return dest
