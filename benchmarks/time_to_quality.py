@@ -6,17 +6,19 @@
     python benchmarks/time_to_quality.py --sides cpu-small,nanogpt --minutes 5
     python benchmarks/time_to_quality.py --only cpu-small --target-bpb 2.16 --minutes 2 lr=3e-3 n_layer=4
     python benchmarks/time_to_quality.py --device cuda
+    python benchmarks/time_to_quality.py --sides cpu-small,nanogpt --minutes 2 --variant muon:train.optimizer=muon
 
 The three sides (`--sides`, default all):
 - seed recipe: the seed-style baseline model (benchmarks/baselines/seed_gpt.py) at `seed-60m`
   (cl100k_base, d 256, 12 blocks, context 128, dropout 0.1), trained the seed's way: batch 16,
   AdamW default constructor at a constant 3e-4, full logits + cross-entropy. (The faithful choice;
   PsyDuck's own trainer would run the same recipe about twice as fast, see train_throughput.py.)
-- cpu-small: PsyDuck's `Trainer` (its real `train_step`: fused AdamW, fused output layer + loss,
-  cosine schedule, clipping) on the `cpu-small` preset, plus any `key=value` overrides given.
-  The cosine schedule is defined over max_iters, so before each step after warm-up the benchmark
-  sets max_iters such that the schedule's progress equals the fraction of the time budget spent
-  (the learning rate reaches min_lr when the budget ends, whatever the step time turns out to be).
+- cpu-small: PsyDuck's `Trainer` (its real `train_step`: its optimizer, fused output layer + loss,
+  clipping) on the `cpu-small` preset, plus any `key=value` overrides given, with the trainer's
+  schedule by the clock (`psyduck train --minutes`): warmup, then cosine or wsd over the fraction
+  of the budget this side has spent, so the rate reaches min_lr as the budget ends.
+- variants (`--variant NAME:key=value,key=value`, repeatable; `preset=NAME` picks another base
+  preset): more PsyDuck sides in the same race, one lever changed each, for the lever table.
 - nanogpt: the peer. nanoGPT's model and the CPU recipe of nanoGPT's README, rewritten here from
   that description (benchmarks/baselines/nanogpt_recipe.py: 4 layers, 4 heads, width 128, context
   64, batch 12, AdamW 1e-3 cosine to 1e-4, warm-up 100 steps, beta2 0.99, weight decay 0.1 on 2-D
@@ -113,14 +115,17 @@ class SeedRecipe:
 
 
 class CpuSmall:
-    name = "PsyDuck cpu-small"
+    """PsyDuck's trainer on a preset (cpu-small unless `preset=NAME` is among the overrides)."""
 
-    def __init__(self, device, dtype, overrides: list[str], out: Path) -> None:  # noqa: ANN001
+    def __init__(self, device, dtype, overrides: list[str], out: Path, label: str = "") -> None:  # noqa: ANN001
         from psyduck.train import Trainer
 
-        cfg = get_preset("cpu-small")
+        preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("preset=")), "cpu-small")
+        overrides = [o for o in overrides if not o.startswith("preset=")]
+        cfg = get_preset(preset)
         if overrides:
             cfg = cfg.replace(overrides)
+        self.name = f"PsyDuck {preset}" + (f" ({label})" if label else "")
         self.data = bench_data(cfg.data.tokenizer)
         cfg.data.path = str(data_folder(cfg.data.tokenizer))
         cfg.train.device = str(device)
@@ -130,13 +135,15 @@ class CpuSmall:
         self.cfg = self.trainer.cfg
         self.device = device
         self.tokenizer = cfg.data.tokenizer
+        self.overrides = overrides
+        self.fraction = 0.0
 
     @property
     def step(self) -> int:
         return self.trainer.step
 
     def train_step(self) -> float:
-        return self.trainer.train_step()
+        return self.trainer.train_step(self.fraction)
 
     def loss_sum(self, x, y):  # noqa: ANN001
         _, loss = self.model(x, y, loss=self.trainer.eval_loss)
@@ -146,18 +153,21 @@ class CpuSmall:
         self.model.train(not on)
 
     def set_progress(self, fraction: float) -> None:
-        fit_schedule(self.cfg.train, self.step, fraction)
+        """The trainer's schedule by the clock (warmup, cosine or wsd over the budget), on this
+        side's own clock: the learning rate reaches min_lr as the budget ends."""
+        self.fraction = fraction
 
 
 # ---------------------------------------------------------------------------------------------
 # The race
 # ---------------------------------------------------------------------------------------------
 
-def eval_times(budget: float, quick: bool = False) -> list[float]:
+def eval_times(budget: float, quick: bool = False, evals: int = 0) -> list[float]:
     """Own-clock seconds at which to evaluate: dense in the first fifth, then every tenth, and at
-    the targets' minutes (with --quick: every quarter)."""
-    if quick:
-        return [budget * k / 4 for k in range(5)]
+    the targets' minutes (with --quick: every quarter; with `evals`: that many, evenly spaced)."""
+    if quick or evals:
+        n = evals or 4
+        return [budget * k / n for k in range(n + 1)]
     dense = [budget * k / 50 for k in range(1, 10)]
     regular = [budget * k / 10 for k in range(1, 11)]
     targets = [m * 60.0 for m in PERCENT_BELOW_GOALS if m * 60.0 < budget]
@@ -174,20 +184,11 @@ def first_time_at_or_below(curve: list[dict], target: float) -> float | None:
     return 0.0 if curve and curve[0]["bpb"] <= target else None
 
 
-def fit_schedule(t, step: int, fraction: float) -> None:  # noqa: ANN001 - a TrainConfig
-    """Set max_iters so that the cosine schedule's progress at `step` equals the fraction of the
-    time budget spent: the learning rate then decays over the budget, whatever the step time."""
-    if t.schedule != "cosine" or step < t.warmup_iters:
-        return
-    done = step - t.warmup_iters
-    t.max_iters = t.warmup_iters + max(done + 1, math.ceil(done / max(fraction, 1e-9)))
-
-
-def race(sides: dict, held: dict, budget: float, device, autocast, quick: bool = False) -> dict:  # noqa: ANN001
+def race(sides: dict, held: dict, budget: float, device, autocast, quick: bool = False, evals: int = 0) -> dict:  # noqa: ANN001
     clock = {k: 0.0 for k in sides}
     losses = {k: [] for k in sides}
     curves = {k: [] for k in sides}
-    todo = {k: eval_times(budget, quick) for k in sides}
+    todo = {k: eval_times(budget, quick, evals) for k in sides}
 
     def evaluate(k: str) -> None:
         s = sides[k]
@@ -304,6 +305,15 @@ def side_list(text: str) -> list[str]:
     return [n for n in SIDES if n in names]
 
 
+def variant(text: str) -> tuple[str, list[str]]:
+    """--variant NAME:key=value,key=value -> (NAME, [key=value, ...])."""
+    name, _, spec = text.partition(":")
+    overrides = [o.strip() for o in spec.split(",") if o.strip()]
+    if not name or any("=" not in o for o in overrides):
+        raise argparse.ArgumentTypeError(f"bad --variant {text!r}; write NAME:key=value,key=value")
+    return name, overrides
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -313,7 +323,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--only", choices=SIDES, help="train one side only (the same as --sides NAME)")
     p.add_argument("--target-bpb", type=float, help="without the seed side: the seed recipe's final bpb to race (e.g. 2.16)")
     p.add_argument("--eval-bytes", type=int, default=0, help="held-out text size (default 48,000 bytes; 16,000 with --quick)")
+    p.add_argument("--evals", type=int, default=0, help="evaluations per side, evenly spaced (default: dense early, then every tenth)")
     p.add_argument("--png", default=str(REPO / "runs" / "time_to_quality.png"))
+    p.add_argument("--variant", action="append", default=[], type=variant,
+                   help="NAME:key=value,key=value: another PsyDuck side, cpu-small with these overrides (repeatable)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the cpu-small preset (for sweeps)")
     args = p.parse_args()
     if args.only:
@@ -329,9 +342,11 @@ def build_sides(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     sides: dict = {}
     if "seed" in args.sides:
         sides["seed"] = SeedRecipe(device, dtype)
+    extra = ["train.compile=true"] if args.compile else []
     if "cpu-small" in args.sides:
-        extra = ["train.compile=true"] if args.compile else []
-        sides["cpu-small"] = CpuSmall(device, dtype, args.overrides + extra, run_dir)
+        sides["cpu-small"] = CpuSmall(device, dtype, args.overrides + extra, run_dir / "cpu-small")
+    for name, overrides in args.variant:
+        sides[f"cpu-small:{name}"] = CpuSmall(device, dtype, args.overrides + overrides + extra, run_dir / name, name)
     if "nanogpt" in args.sides:
         sides["nanogpt"] = NanoGPTRecipe(bench_data(NanoGPTRecipe.tokenizer), device, hardware.autocast(device, dtype))
     if args.compile:
@@ -367,13 +382,13 @@ def main() -> None:
         held = {k: HeldOut(s.data, eval_bytes, s.cfg.model.block_size, 8) for k, s in sides.items()}
         if len({h.text_sha for h in held.values()}) != 1 or len({h.bytes for h in held.values()}) != 1:
             raise SystemExit("the sides' held-out documents differ; prepare every data folder from the same source")
-        curves = race(sides, held, budget, device, autocast, args.quick)
+        curves = race(sides, held, budget, device, autocast, args.quick, args.evals)
 
     target = curves["seed"][-1]["bpb"] if "seed" in curves else args.target_bpb
     summary = {k: side_summary(sides[k], rows, target) for k, rows in curves.items()}
-    if "cpu-small" in sides:
-        summary["cpu-small"]["config"] = {"model": vars(sides["cpu-small"].cfg.model), "train": vars(sides["cpu-small"].cfg.train),
-                                          "overrides": args.overrides}
+    for k, side in sides.items():
+        if isinstance(side, CpuSmall):
+            summary[k]["config"] = {"model": vars(side.cfg.model), "train": vars(side.cfg.train), "overrides": side.overrides}
     finals = {k: curves[k][-1]["bpb"] for k in ("seed", "nanogpt") if k in curves}
     if "seed" not in curves and target is not None:
         finals["target"] = target
@@ -395,8 +410,11 @@ def main() -> None:
         ts = summary["seed"]["time_to_target_s"] if "seed" in summary else budget  # else: a seed that needs the whole budget
         out["ratio"] = tc / ts if tc is not None and ts else None
         out["final_ratio"] = summary["cpu-small"]["final_bpb"] / target
-    if "cpu-small" in curves and "nanogpt" in curves:
-        out["peer_targets"] = peer_targets(curves["cpu-small"], curves["nanogpt"], budget)
+    if "nanogpt" in curves:
+        for k in curves:
+            if k.startswith("cpu-small"):
+                key = "peer_targets" + k[len("cpu-small"):]
+                out[key] = peer_targets(curves[k], curves["nanogpt"], budget)
     emit(rounded(out))
 
 

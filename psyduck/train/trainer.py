@@ -399,14 +399,14 @@ class Trainer:
     def _stop_requested(self) -> bool:
         """Whether to stop now: a signal here, or on any other rank (every rank stops at the same step)."""
         flag = self.dist.any_rank(self.stop_signal is not None, self.device)
-        if flag and self.stop_signal is None:
-            self.stop_signal = "peer signal"
+        self.stop_signal = self.stop_signal or ("peer signal" if flag else None)
         return flag
 
-    def train_step(self) -> float | None:
-        """One optimizer step; returns the mean loss of its micro-batches, or None when skipped."""
+    def train_step(self, fraction: float | None = None) -> float | None:
+        """One optimizer step; returns its mean loss, or None when skipped. `fraction`: the share of a
+        time budget spent by a clock kept elsewhere (a benchmark's); default: the run's own clock."""
         x, y = self.next_batch()
-        self.lr = lr_at(self.step, self.cfg.train, self.clock.fraction())
+        self.lr = lr_at(self.step, self.cfg.train, self.clock.fraction() if fraction is None else fraction)
         value = train_step(self.step_setup, x, y, self.lr)
         if not math.isfinite(value):
             return self.on_blowup(value)
