@@ -7,12 +7,13 @@
 process (the real CLI) at the server through `hub_env`. Every request is recorded (method, path,
 Authorization header, body) so a test can say what the client asked for.
 
-`DatasetRepos` answers what `datasets.load_dataset` asks of the Hub for a dataset repo, stored or
-streamed, served from a local folder per repo (the files as the repo holds them): the repo's
-info at a revision (with its file list), the tree and paths-info listings, and the files
-themselves under /datasets/{repo}/resolve/{revision}/{path} with the headers the client checks
-(ETag, X-Repo-Commit, Content-Length; byte ranges for streaming reads). Anything else is a 404 with
-the Hub's X-Error-Code, as the real one answers for a repo or a file that does not exist.
+`DatasetRepos` answers what `datasets.load_dataset` (datasets 5.2, huggingface_hub 2.4) asks of the
+Hub for a dataset repo, stored or streamed, served from a local folder per repo (the files as the
+repo holds them): the repo's info at a revision (with its file list), tree listings, and the files
+under /datasets/{repo}/resolve/{revision}/{path} with the headers the client checks (ETag,
+X-Repo-Commit, Content-Length; byte ranges, which streaming reads ask for). Anything else (the
+README.md, loading script or dataset_infos.json a repo may lack) is a 404 with the Hub's
+X-Error-Code, as the real one answers for a repo or a file that does not exist.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class HubHandler(BaseHTTPRequestHandler):
         pass
 
 
-REPO_API = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)(?:/(?P<what>revision|tree|paths-info)/(?P<rest>.*))?$")
+REPO_API = re.compile(r"^/api/datasets/(?P<repo>[^/]+/[^/]+)(?:/(?P<what>revision|tree)/(?P<rest>.*))?$")
 RESOLVE = re.compile(r"^/datasets/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<path>.+)$")
 
 
@@ -90,17 +91,6 @@ class DatasetRepos(HubHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self.record()
         self.answer()
-
-    def do_POST(self) -> None:  # noqa: N802
-        body = self.record()
-        url = urlsplit(self.path)
-        match = REPO_API.match(unquote(url.path))
-        if not match or match["what"] != "paths-info" or (folder := self.folder(match["repo"])) is None:
-            return self.not_found("RepoNotFound")
-        form = parse_qs(body.decode())
-        paths = form.get("paths") or json.loads(body or b"{}").get("paths", [])
-        entries = [self.entry(folder, p) for p in paths if (folder / p).exists()]
-        self.reply(entries)
 
     def folder(self, repo: str) -> Path | None:
         return self.server.repos.get(repo)

@@ -37,7 +37,7 @@ def shard_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.bin"))}
 
 
-def prepare_hf(tmp_path: Path, env: dict[str, str], *args: str):
+def prepare_cli(tmp_path: Path, env: dict[str, str], *args: str):
     return run_cli("prepare", *args, "--tokenizer", "cl100k_base", env=env, cwd=tmp_path, timeout=120)
 
 
@@ -47,7 +47,7 @@ def test_prepare_hf_downloads_once_then_reads_the_cache_offline(tmp_path: Path) 
     parquet(repo / "data" / "validation-00000-of-00001.parquet", VALID)
     with serve(DatasetRepos, {"user/stories": repo}) as (endpoint, requests):
         env = hub_env(tmp_path, endpoint)
-        done = prepare_hf(tmp_path, env, "hf", "user/stories", "--out", "a")
+        done = prepare_cli(tmp_path, env, "hf", "user/stories", "--out", "a")
         assert done.returncode == 0, done.stderr
         assert decoded_docs(tmp_path / "a", "train") == STORIES
         assert decoded_docs(tmp_path / "a", "val") == VALID  # the dataset's own split, not a seeded share
@@ -60,13 +60,13 @@ def test_prepare_hf_downloads_once_then_reads_the_cache_offline(tmp_path: Path) 
 
         seen = len(requests)
         offline = {**env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        done = prepare_hf(tmp_path, offline, "hf", "user/stories", "--out", "b")
+        done = prepare_cli(tmp_path, offline, "hf", "user/stories", "--out", "b")
         assert done.returncode == 0, done.stderr
         assert len(requests) == seen  # read from the cache, nothing asked of the Hub
         assert shard_bytes(tmp_path / "b") == shard_bytes(tmp_path / "a")
 
     empty = {**hub_env(tmp_path / "empty", endpoint), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    done = prepare_hf(tmp_path, empty, "hf", "user/stories", "--out", "c")
+    done = prepare_cli(tmp_path, empty, "hf", "user/stories", "--out", "c")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("psyduck: error:")]
     assert len(errors) == 1 and errors[0].startswith(
@@ -90,7 +90,7 @@ def test_fineweb_edu_recipe_streams_its_config_up_to_max_tokens(tmp_path: Path) 
         "- config_name: sample-10BT\n  data_files:\n  - split: train\n    path: sample/10BT/*\n---\n# FineWeb-Edu\n"
     )
     with serve(DatasetRepos, {"HuggingFaceFW/fineweb-edu": repo}) as (endpoint, requests):
-        done = prepare_hf(tmp_path, hub_env(tmp_path, endpoint), "fineweb-edu", "--max-tokens", "2K", "--out", "fwe")
+        done = prepare_cli(tmp_path, hub_env(tmp_path, endpoint), "fineweb-edu", "--max-tokens", "2K", "--out", "fwe")
     assert done.returncode == 0, done.stderr
     meta = TokenData(tmp_path / "fwe").meta
     assert meta["max_tokens"] == 2000 and meta["splits"]["train"]["tokens"] >= 2000
