@@ -100,17 +100,23 @@ def parse_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 200M, 64M, 1500000)") from None
 
 
+def default_out(source: str, name: str | None, tokenizer: str) -> str:
+    """Where `psyduck prepare` writes without --out: data/<source or dataset>[-<tokenizer>], e.g.
+    data/tinystories (a trained BPE), data/fineweb-edu-gpt2; the presets' data paths are these."""
+    base = name.rstrip("/").rsplit("/", 1)[-1] if source == "hf" and name else source
+    suffix = "" if tokenizer.startswith("bpe") or tokenizer.endswith(".json") or "/" in tokenizer else (
+        f"-{tokenizer.split('_')[0]}"
+    )
+    return f"data/{base}{suffix}"
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from psyduck.data.prepare import TOKENIZER_SAMPLE, prepare
     from psyduck.data.sources import SourceOptions
 
     if args.name and args.source != "hf":
         raise PsyDuckError(f"only the hf source takes a dataset name; drop '{args.name}' or use `psyduck prepare hf {args.name}`")
-    base = args.name.rstrip("/").rsplit("/", 1)[-1] if args.source == "hf" and args.name else args.source
-    suffix = "" if args.tokenizer.startswith("bpe") or args.tokenizer.endswith(".json") or "/" in args.tokenizer else (
-        f"-{args.tokenizer.split('_')[0]}"
-    )
-    out = args.out or f"data/{base}{suffix}"
+    out = args.out or default_out(args.source, args.name, args.tokenizer)
     options = SourceOptions(
         text_field=args.text_field, encoding=args.encoding, name=args.name, config=args.dataset_config,
         split_map=args.split_map, streaming=args.streaming,
@@ -126,10 +132,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; the exit status is 130 or 143 when Ctrl-C or SIGTERM stopped the run (after saving)."""
+    from psyduck.data.loader import TokenData
     from psyduck.train import train
     from psyduck.train.signals import exit_status
 
     cfg = build_config(args)
+    TokenData(cfg.data.path, prepare=cfg.data.prepare_command())  # no data: one line naming the command that makes it
     result = train(
         cfg, args.out, resume=args.resume, from_scratch=args.resume_from_scratch, init_from=args.init_from,
         progress=not args.no_progress,
@@ -242,7 +250,7 @@ def cmd_config(args: argparse.Namespace) -> None:
     if args.list:
         for name, cfg in presets.items():
             m = cfg.model
-            print(f"{name:10s} d_model {m.d_model}, {m.n_layer} layers, {m.n_head} heads, context {m.block_size}, {cfg.data.tokenizer}")
+            print(f"{name:16s} d_model {m.d_model}, {m.n_layer} layers, {m.n_head} heads, context {m.block_size}, {cfg.data.tokenizer}")
         return
     print(json.dumps(get_preset(args.preset).to_dict(), indent=2))
 
@@ -292,7 +300,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     """`psyduck train`: a preset or config, flags and key=value overrides -> a run folder."""
     s = sub.add_parser("train", help="train a model into a run folder")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. model.n_layer=4 lr=1e-3")
-    s.add_argument("--preset", help="seed-60m, cpu-small (default), tiny, gpt2-124m")
+    s.add_argument("--preset", help="seed-60m, cpu-small (default), tiny, gpt2-124m, tinystories-gpu, fineweb-edu-gpu")
     s.add_argument("--config", help="a TOML file with [model], [data], [train], [eval] tables")
     s.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")

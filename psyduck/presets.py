@@ -97,11 +97,64 @@ def gpt2_124m() -> Config:
     )
 
 
+def tinystories_gpu() -> Config:
+    """llama2.c's 42M TinyStories model's shape, for one GPU: `psyduck prepare tinystories --tokenizer bpe-4096`.
+
+    d_model 512, 8 blocks, 8 heads, context 1024, the Llama recipe llama2.c trains (RoPE, RMSNorm,
+    SwiGLU, no biases, tied embeddings, no dropout), 27.4M parameters with a 4,096-token BPE: llama2.c
+    finds a 4,096 vocabulary trained on TinyStories gives about as many tokens per story as Llama 2's
+    32,000, so val losses per token sit on about the scale of its table (15M 1.072, 42M 0.847, 110M
+    0.760). Its train.py's optimisation: 131,072 tokens per step (micro-batch 32 x 4 accumulation
+    steps of 1024 tokens), AdamW 5e-4 after 1000 warmup steps, cosine, (0.9, 0.95), decay 0.1,
+    clipping 1.0; bf16 autocast and compiled on CUDA; 30,000 steps (3.9B tokens). With less than
+    24 GB: `train.batch_size=16 train.grad_accum=8` (the same tokens per step).
+    """
+    return Config(
+        model=ModelConfig(
+            vocab_size=4096, block_size=1024, d_model=512, n_layer=8, n_head=8, dropout=0.0,
+            pos="rope", norm="rmsnorm", activation="swiglu", tie_embeddings=True, bias=False,
+        ),
+        data=DataConfig(path="data/tinystories", source="tinystories", tokenizer="bpe-4096"),
+        train=TrainConfig(
+            batch_size=32, grad_accum=4, max_iters=30_000, lr=5e-4, min_lr=5e-5, schedule="cosine",
+            warmup_iters=1000, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=1000,
+            eval_iters=100, compile=True,
+        ),
+    )
+
+
+def fineweb_edu_gpu() -> Config:
+    """GPT-2 small (124.4M parameters) on 10B tokens of FineWeb-Edu, for one GPU: nanoGPT's reproduction.
+
+    `psyduck prepare fineweb-edu --tokenizer gpt2` (sample-10BT, ~10B GPT-2 tokens). The shape of
+    gpt2-124m; build-nanogpt's recipe: 524,288 tokens per step (micro-batch 16 x 32 accumulation
+    steps of 1024 tokens, sized for a 24 GB GPU; with 80 GB `train.batch_size=64 train.grad_accum=8`
+    is faster for the same tokens per step), 19,073 steps (one pass over the 10B tokens), 715 warmup
+    steps, cosine 6e-4 -> 6e-5, AdamW (0.9, 0.95), decay 0.1, clipping 1.0; bf16 autocast and compiled
+    on CUDA. What to compare with: about 3.28 val loss for GPT-2-small-sized models after 10B tokens
+    of FineWeb (llm.c), 3.29 for OpenAI's GPT-2 124M on FineWeb-Edu's val (build-nanogpt).
+    """
+    return Config(
+        model=ModelConfig(
+            vocab_size=50_257, block_size=1024, d_model=768, n_layer=12, n_head=12, dropout=0.0,
+            pos="learned", norm="layernorm", activation="gelu", tie_embeddings=True, bias=True,
+        ),
+        data=DataConfig(path="data/fineweb-edu-gpt2", source="fineweb-edu", tokenizer="gpt2"),
+        train=TrainConfig(
+            batch_size=16, grad_accum=32, max_iters=19_073, lr=6e-4, min_lr=6e-5, schedule="cosine",
+            warmup_iters=715, weight_decay=0.1, beta2=0.95, grad_clip=1.0, eval_interval=250, eval_iters=80,
+            checkpoint_interval=1000, compile=True,
+        ),
+    )
+
+
 presets: dict[str, Config] = {
     "seed-60m": seed_60m(),
     "cpu-small": cpu_small(),
     "tiny": tiny(),
     "gpt2-124m": gpt2_124m(),
+    "tinystories-gpu": tinystories_gpu(),
+    "fineweb-edu-gpu": fineweb_edu_gpu(),
 }
 
 

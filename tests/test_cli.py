@@ -93,12 +93,14 @@ def test_module_entry_point_runs():
 
 def test_missing_data_folder(capsys, tmp_path):
     msg = error_of(capsys, ["train", "--preset", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
-    assert msg == f"data folder not found: {tmp_path / 'nope'}; run `psyduck prepare wiki-vital --out {tmp_path / 'nope'}` first"
+    assert msg == (  # the preset's corpus and tokenizer: the command that makes the data this preset trains on
+        f"data folder not found: {tmp_path / 'nope'}; run `psyduck prepare wiki-vital --tokenizer bpe-512 --out {tmp_path / 'nope'}` first"
+    )
 
 
 def test_unknown_preset(capsys, tmp_path):
     msg = error_of(capsys, ["train", "--preset", "gpt5", "--out", str(tmp_path / "r")])
-    assert msg == "unknown preset 'gpt5'; choose one of: seed-60m, cpu-small, tiny, gpt2-124m"
+    assert msg == "unknown preset 'gpt5'; choose one of: seed-60m, cpu-small, tiny, gpt2-124m, tinystories-gpu, fineweb-edu-gpu"
 
 
 def test_unknown_config_key(capsys, tiny_data, tmp_path):

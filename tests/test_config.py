@@ -85,4 +85,4 @@ def test_presets_live_in_their_own_module_and_the_old_names_still_work():
     assert get_preset("tiny") is not presets["tiny"]  # a fresh copy to change
     with pytest.raises(PsyDuckError) as e:
         get_preset("gpt5")
-    assert str(e.value) == "unknown preset 'gpt5'; choose one of: seed-60m, cpu-small, tiny, gpt2-124m"
+    assert str(e.value) == "unknown preset 'gpt5'; choose one of: seed-60m, cpu-small, tiny, gpt2-124m, tinystories-gpu, fineweb-edu-gpu"

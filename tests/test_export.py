@@ -36,7 +36,7 @@ KINDS = ARCHS  # every one exports to Hugging Face
 HF_CLASS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM", "psyduck": "PsyDuckForCausalLM"}
 # the class each preset's architecture exports to
 PRESET_CLASS = {"seed-60m": "PsyDuckForCausalLM", "cpu-small": "ArceeForCausalLM", "tiny": "GPT2LMHeadModel",
-                "gpt2-124m": "GPT2LMHeadModel"}
+                "gpt2-124m": "GPT2LMHeadModel", "tinystories-gpu": "LlamaForCausalLM", "fineweb-edu-gpu": "GPT2LMHeadModel"}
 
 
 def load_hf(folder: Path):

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import run_cli
 from export_helpers import PRESET_ARCHS, make_run
+from standin_hub import HubHandler, free_port, hub_env, serve
 
 from psyduck.interop import export
 from psyduck.io import write_json_atomic
@@ -74,55 +72,31 @@ def test_model_card_holds_the_runs_figures(bpe, tmp_path):
 # --push-to-hub
 # ---------------------------------------------------------------------------------------------
 
-class StandInHub(BaseHTTPRequestHandler):
+class StandInHub(HubHandler):
     """Answers the calls an upload makes (create repo, check the card's YAML, preupload, commit), recording them."""
 
-    requests: list[dict[str, Any]]
-
-    def _reply(self, obj: dict[str, Any], code: int = 200) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": data})
-        base = f"http://127.0.0.1:{self.server.server_port}/user/demo"
+    def do_POST(self) -> None:  # noqa: N802
+        data = self.record()
+        base = f"{self.server.endpoint}/user/demo"
         if self.path == "/api/repos/create":
-            return self._reply({"url": base})
+            return self.reply({"url": base})
         if self.path == "/api/validate-yaml":  # the model card's metadata block
-            return self._reply({"errors": [], "warnings": []})
+            return self.reply({"errors": [], "warnings": []})
         if self.path == "/api/models/user/demo/preupload/main":
             files = json.loads(data)["files"]
-            return self._reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            return self.reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
         if self.path == "/api/models/user/demo/commit/main":
-            return self._reply({"commitUrl": f"{base}/commit/{'1' * 40}", "commitOid": "1" * 40})
-        return self._reply({"error": "not here"}, 404)
+            return self.reply({"commitUrl": f"{base}/commit/{'1' * 40}", "commitOid": "1" * 40})
+        return self.reply({"error": "not here"}, 404)
 
-    def do_GET(self) -> None:
-        self._reply({"error": "not here"}, 404)
-
-    def log_message(self, *args: object) -> None:
-        pass
+    def do_GET(self) -> None:  # noqa: N802
+        self.reply({"error": "not here"}, 404)
 
 
 @pytest.fixture()
 def hub() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    requests: list[dict[str, Any]] = []
-    handler = type("Hub", (StandInHub,), {"requests": requests})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", requests
-    server.shutdown()
-    server.server_close()
-
-
-def hub_env(tmp_path: Path, endpoint: str, token: str | None = "hf_test_token") -> dict[str, str]:
-    return {"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_TOKEN": token or "", "HF_HUB_OFFLINE": "0"}  # other tests set HF_HUB_OFFLINE in this process
+    with serve(StandInHub) as (endpoint, requests):
+        yield endpoint, requests
 
 
 def test_push_to_hub_uploads_every_file_of_the_folder(bpe, hub, tmp_path):
@@ -143,12 +117,6 @@ def test_push_to_hub_uploads_every_file_of_the_folder(bpe, hub, tmp_path):
     assert {"README.md", "model.safetensors", "config.json", "tokenizer.json", "loss_curve.png"} <= set(on_disk)
     assert uploaded == on_disk
     assert 'AutoModelForCausalLM.from_pretrained("user/demo")' in on_disk["README.md"].decode()  # loads from the Hub
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_push_to_hub_offline_or_without_a_token_is_one_line(bpe, tmp_path):

@@ -44,9 +44,11 @@ from psyduck.tokenizer import Tokenizer, load_tokenizer
 class TokenData:
     """A prepared data folder (see prepare.py): its meta.json and memory-mapped token shards."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, prepare: str | None = None) -> None:
+        """`prepare`: the command that writes `folder`, which its errors name (a config's
+        `DataConfig.prepare_command()`; by default the embedded corpus's)."""
         self.folder = Path(folder)
-        again = f"run `psyduck prepare wiki-vital --out {self.folder}`"
+        again = f"run `{prepare or f'psyduck prepare wiki-vital --out {self.folder}'}`"
         if not self.folder.is_dir():
             raise PsyDuckError(f"data folder not found: {self.folder}; {again} first")
         meta_path = self.folder / "meta.json"
