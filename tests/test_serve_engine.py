@@ -296,8 +296,10 @@ def test_lm_eval_local_completions_scores_like_the_psyduck_model(engine_url, loa
 @pytest.mark.parametrize("variant", [
     {"pos": "rope"}, {"pos": "learned"}, {"pos": "sinusoidal", "attention": "teaching"}, {"pos": "rope", "n_kv_head": 2},
 ])
-def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, variant):
-    """Per-row positions and masks (psyduck/model.py) against the plain loop, row by row."""
+@pytest.mark.parametrize("together", [False, True], ids=["staggered", "prefilled-together"])
+def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, variant, together):
+    """Per-row positions and masks (psyduck/model.py) against the plain loop, row by row; the
+    prompts joining one by one, or all at once (one padded prefill)."""
     from psyduck.config import ModelConfig
     from psyduck.generate import generate
     from psyduck.model import GPT
@@ -310,9 +312,12 @@ def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, 
     prompts = [tok.encode(t) for t in ("the cat sat", "a", "one two three four five six seven")]
     batch = Batch(model, tok, weights)
     jobs = [Job([p], 1, greedy(30), threading.Event(), logprobs=0) for p in prompts]  # logprobs: the ids
-    for job in jobs:
-        batch.join(job)
-        batch.step()
+    if together:
+        batch.join(*jobs)
+    else:
+        for job in jobs:
+            batch.join(job)
+            batch.step()
     while not batch.empty:
         batch.step()
     for job, prompt in zip(jobs, prompts, strict=True):
