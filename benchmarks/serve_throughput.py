@@ -4,7 +4,8 @@
     python benchmarks/serve_throughput.py --quick    # the tiny preset, a smoke run (seconds)
 
 The server runs in a subprocess of its own (this file, `--serve`), holding a randomly initialised
-model of the preset's shape (the same seed on both sides, so the same weights), once with
+model of the preset's shape (the same seed on both sides, so the same weights), with the torch
+thread count `psyduck serve` sets (`decode_threads`: one for a model this size), once with
 `--batching on` and once with `off`, both with room for 16 requests at once. For each count of
 clients (1, 4, 16), that many threads of the real `openai` package stream completions from
 127.0.0.1 at the same moment (each `--tokens` tokens, ignore_eos, temperature 0.8, its own seed),
@@ -58,11 +59,13 @@ def serve(args: argparse.Namespace) -> None:
     """The server side (a subprocess): listen on --port until killed."""
     import uvicorn
 
+    from psyduck.cli import set_decode_threads
     from psyduck.serve.app import create_app
 
     model, tok = build(args.preset, args.quick)
     app = create_app(model=model, tokenizer=tok, model_name="bench", max_concurrency=16, max_queue=16,
                      max_tokens_cap=4096, batching=args.batching == "on")
+    set_decode_threads(model, "cpu", None)  # the thread count `psyduck serve` uses (one, for this size)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 

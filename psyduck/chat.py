@@ -18,7 +18,9 @@ document in the training shards does.
 A base model that never saw such markers gets `plain_template()` instead, a convention ordinary
 text already contains ("User: ...\\nAssistant: ..."). Its generation prompt is "Assistant:" with no
 trailing space: BPE tokenizers keep a space with the word after it (" Paris" is one token), so the
-model writes the space itself; `ChatTemplate.reply` strips it.
+model writes the space itself; `ChatTemplate.reply` strips it, and `ReplyStream` does the same to a
+reply shown as it is generated. `psyduck chat` and the server's /v1/chat/completions both answer
+with `reply`'s text, whole or streamed, so the two agree.
 
 One template object does four jobs: `render` (the text), `encode` (the ids the model reads),
 `encode_for_training` (ids plus a loss mask: 1 on the assistant's tokens, which is what supervised
@@ -94,9 +96,14 @@ class ChatTemplate:
         heads = (self.user, self.system, self.assistant)
         return tuple(dict.fromkeys(self.end + h.rstrip() for h in heads))
 
+    @property
+    def header_rest(self) -> str:
+        """What the generation prompt leaves of the assistant's header for the model to write (a space, or "")."""
+        return self.assistant[len(self.generation_prompt):]
+
     def reply(self, generated: str) -> str:
         """The assistant's message from the generated text: without the header's trailing space."""
-        rest = self.assistant[len(self.generation_prompt):]
+        rest = self.header_rest
         return generated[len(rest):] if rest and generated.startswith(rest) else generated
 
     def pieces(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> Iterator[tuple[str, bool]]:
@@ -208,6 +215,34 @@ class ChatTemplate:
     def save(self, run_dir: str | Path) -> Path:
         """Write RUN/chat_template.json atomically."""
         return write_json_atomic(Path(run_dir) / TEMPLATE_FILE, self.to_dict())
+
+
+class ReplyStream:
+    """`ChatTemplate.reply` of a reply shown as it is generated: generated pieces in, shown pieces out.
+
+    The pieces shown add up to `reply` of everything generated: text that may still be the start of
+    the header's trailing space (`header_rest`) is held back until it is known not to be.
+    """
+
+    def __init__(self, template: ChatTemplate) -> None:
+        self.template = template
+        self.generated = ""
+        self.shown = 0  # characters of `reply(generated)` handed out so far
+
+    def push(self, piece: str, last: bool = False) -> str:
+        """Add the next generated text; returns what can be shown now (everything left, if `last`)."""
+        self.generated += piece
+        rest = self.template.header_rest
+        if not last and len(self.generated) < len(rest) and rest.startswith(self.generated):
+            return ""
+        visible = self.template.reply(self.generated)
+        out, self.shown = visible[self.shown :], len(visible)
+        return out
+
+    @property
+    def text(self) -> str:
+        """The reply so far, as `reply` gives it."""
+        return self.template.reply(self.generated)
 
 
 def marker_template() -> ChatTemplate:

@@ -61,23 +61,23 @@ def fit_history(template: ChatTemplate, tokenizer: Tokenizer, messages: Sequence
 
 def reply_to(session: ChatSession, text: str, out: TextIO) -> None:
     """Stream one reply to `text` onto `out` and keep both in the history."""
+    from psyduck.chat import ReplyStream
     from psyduck.generate import stream_text
 
     session.history.append({"role": "user", "content": text})
     ids = fit_history(session.template, session.tokenizer, session.history, session.budget)
-    raw, shown = "", 0
+    reply = ReplyStream(session.template)  # without the space the plain template leaves to the model
     try:
         for piece in stream_text(session.model, session.tokenizer, ids, session.params):
-            raw += piece
-            visible = session.template.reply(raw)  # without the space the plain template leaves to the model
-            out.write(visible[shown:])
+            out.write(reply.push(piece))
             out.flush()
-            shown = len(visible)
     except KeyboardInterrupt:
-        out.write(" [stopped]")
+        out.write(reply.push("", last=True) + " [stopped]")
+    else:
+        out.write(reply.push("", last=True))
     out.write("\n")
     out.flush()
-    session.history.append({"role": "assistant", "content": session.template.reply(raw).strip()})
+    session.history.append({"role": "assistant", "content": reply.text.strip()})
 
 
 class ChatSession:

@@ -10,6 +10,7 @@ from conftest import run_cli
 from psyduck.chat import (
     ROLE_MARKERS,
     ChatTemplate,
+    ReplyStream,
     check_messages,
     load_template,
     marker_template,
@@ -109,6 +110,24 @@ def test_stop_strings_and_reply():
     assert "\nUser:" in plain_template().stop_strings
     assert plain_template().reply(" Paris.") == "Paris."
     assert marker_template().reply("Paris.") == "Paris."
+
+
+def test_a_streamed_reply_adds_up_to_reply():
+    def shown(template: ChatTemplate, pieces: list[str]) -> list[str]:
+        stream = ReplyStream(template)
+        out = [stream.push(p, last=i == len(pieces) - 1) for i, p in enumerate(pieces)]
+        assert "".join(out) == template.reply("".join(pieces)) == stream.text
+        return out
+
+    assert shown(plain_template(), [" ", "Par", "is."]) == ["", "Par", "is."]
+    assert shown(plain_template(), [" Paris", " is"]) == ["Paris", " is"]
+    assert shown(plain_template(), ["Paris"]) == ["Paris"]  # a model that skips the space keeps its text
+    assert shown(marker_template(), [" Paris"]) == [" Paris"]  # the marker template leaves nothing to the model
+    wide = ChatTemplate(name="wide", system="S:  ", user="U:  ", assistant="A:  ", end="\n", separator="")
+    assert wide.header_rest == "  "
+    assert shown(wide, [" ", " ", "x"]) == ["", "", "x"]  # held while it may still be the header's two spaces
+    assert shown(wide, [" ", "x"]) == ["", " x"]  # then not: shown after all
+    assert shown(wide, [" "]) == [" "]  # the end came first: what there is
 
 
 @pytest.mark.parametrize("template", TEMPLATES, ids=lambda t: t.name)

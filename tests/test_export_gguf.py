@@ -208,6 +208,28 @@ def test_q8_0_falls_back_to_f16_where_rows_do_not_split_into_blocks(bpe, tmp_pat
         assert_within_type(t.name, tensor_type(t.name, want.shape, "q8_0"), read_back(t, want.shape), want)
 
 
+def test_gguf_carries_the_run_chat_template_as_jinja(bpe, tmp_path):
+    """tokenizer.chat_template: the fine-tuned run's template (markers), or the plain one for a base model."""
+    jinja2 = pytest.importorskip("jinja2")
+    from psyduck.chat import marker_template, plain_template
+
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is Paris?"}]
+    make_run(tmp_path / "chat", bpe, **KINDS["llama-mha"])
+    marker_template().save(tmp_path / "chat")
+    make_run(tmp_path / "base", bpe, **KINDS["gpt2-tied"])
+    for run, template in (("chat", marker_template()), ("base", plain_template())):
+        reader = gguf.GGUFReader(str(export(tmp_path / run, "gguf", tmp_path / f"{run}.gguf")))
+        stored = reader.fields["tokenizer.chat_template"].contents()
+        assert stored == template.jinja
+        rendered = jinja2.Environment().from_string(stored).render(messages=conversation, add_generation_prompt=True)
+        assert rendered == template.render(conversation)
+    assert "<|assistant|>" in marker_template().render(conversation) and "Assistant:" in plain_template().render(conversation)
+    (tmp_path / "chat" / "chat_template.json").write_text("{")
+    with pytest.raises(PsyDuckError, match="chat_template.json is corrupt"):
+        export(tmp_path / "chat", "gguf", tmp_path / "bad.gguf")
+    assert not (tmp_path / "bad.gguf").exists()
+
+
 def test_quantized_export_prints_size_and_measured_agreement(bpe, tmp_path, capsys):
     make_run(tmp_path / "run", bpe, **KINDS["llama-mha"])
     out = tmp_path / "m.gguf"

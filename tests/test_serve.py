@@ -666,6 +666,19 @@ def test_run_metrics_and_health_read_the_state_they_are_given(tmp_path):
     assert (health.model, health.active, health.queued) == ("m", 0, 0)
 
 
+def test_sixteen_generations_batch_by_default_and_the_limit_is_kept(run_dir, loaded):
+    from psyduck.cli import make_parser
+    from psyduck.serve.state import load_state
+
+    model, tok = loaded
+    assert make_parser().parse_args(["serve", str(run_dir)]).max_concurrency is None  # the server picks
+    for batching, expect in ((True, 16), (False, 4)):
+        state = load_state(run_dir, model=model, tokenizer=tok, batching=batching)
+        assert (state.max_concurrency, state.slots.concurrency) == (expect, expect)
+    assert load_state(run_dir, model=model, tokenizer=tok, max_concurrency=3).slots.concurrency == 3
+    assert make_parser().parse_args(["serve", str(run_dir), "--max-concurrency", "3"]).max_concurrency == 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces: text streaming and the CLI
 # ---------------------------------------------------------------------------------------------

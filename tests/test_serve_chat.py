@@ -1,7 +1,8 @@
 """/v1/chat/completions through the real `openai` package, and `--batching off` still answering.
 
 Plain and streamed replies, seeded repeatability, logprobs, OpenAI-shaped 400s for bad
-conversations, and 20 concurrent chat streams that all complete (they share the engine's batch).
+conversations, 20 concurrent chat streams that all complete (they share the engine's batch), and
+the server's reply equal to what `psyduck chat` shows for the same conversation.
 """
 
 # ruff: noqa: F811  (the fixtures imported from test_serve are parameters of the tests here)
@@ -140,3 +141,27 @@ def test_a_model_served_without_a_run_folder_chats_with_the_plain_template(loade
     with TestClient(create_app(model=model, tokenizer=tok, model_name="m")) as client:
         r = client.post("/v1/chat/completions", json={"model": "m", "messages": HELLO, "max_tokens": 3})
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(plain_template().encode(tok, HELLO))
+
+
+def test_server_replies_are_what_psyduck_chat_shows(run_dir, loaded):
+    """Both answer with the template's `reply`: the space the plain template leaves to the model is dropped."""
+    import argparse
+    import io
+
+    from psyduck.chat_command import ChatSession, reply_to
+
+    _, tok = loaded
+    args = argparse.Namespace(run=str(run_dir), max_new_tokens=12, temperature=0.0, top_k=None, top_p=None, seed=None,
+                              exact=False, device="cpu", checkpoint=None, system=HELLO[0]["content"])
+    terminal = io.StringIO()
+    reply_to(ChatSession(args), HELLO[1]["content"], terminal)
+    with serving(make_app(run_dir, loaded, max_tokens_cap=64)) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        ask = {"model": RUN_NAME, "messages": HELLO, "max_tokens": 12, "temperature": 0}
+        whole = client.chat.completions.create(**ask).choices[0].message.content
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in client.chat.completions.create(**ask, stream=True)
+                           if ch.choices)
+        raw = client.completions.create(model=RUN_NAME, prompt=plain_template().encode(tok, HELLO), max_tokens=12,
+                                        temperature=0, stop=list(plain_template().stop_strings)).choices[0].text
+    assert raw.startswith(" ")  # what the model writes after "Assistant:" begins with the header's space...
+    assert whole == streamed == terminal.getvalue().removesuffix("\n") == raw[1:]  # ...which no answer shows

@@ -2,6 +2,8 @@
 lm-evaluation-harness's `local-completions` against a live server scoring like `--model psyduck`.
 
 - a batch whose rows join and leave at different steps gives each row the tokens it gets alone;
+- prompts that join at one step are prefilled in one forward pass (rows whose windows fill at one
+  step are rolled in one), and each row gets the tokens and logprobs it gets alone, greedy and seeded;
 - a cancelled job leaves the batch (its cache row is free) at the next step;
 - `logprobs` and `echo` with `max_tokens: 0` in OpenAI's legacy shape, equal to the model's own.
 """
@@ -22,7 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from test_serve import loaded, make_app, run_dir, serving  # noqa: F401  (fixtures below)  # noqa: E402,F401
 
 from psyduck.generate import DecodeWeights, GenerationParams
-from psyduck.serve.batch import Batch, Job
+from psyduck.errors import PsyDuckError
+from psyduck.serve.batch import PREFILL_TOKENS, Batch, Job, padded_groups
 from psyduck.serve.engine import run_alone
 
 
@@ -50,6 +53,101 @@ def test_rows_joining_and_leaving_get_the_tokens_they_get_alone(loaded):
         got = job.future.result()
         assert [c.text for c in got] == [c.text for c in solo] and got[0].tokens == solo[0].tokens
     assert batch.cache.active == 0
+
+
+def prefills(model: torch.nn.Module, weights: DecodeWeights) -> list[tuple[int, int]]:
+    """A list that fills with the (rows, tokens) shape of every forward pass of more than one token."""
+    shapes: list[tuple[int, int]] = []
+
+    def seen(_module, args):
+        if args[0].shape[1] > 1:
+            shapes.append(tuple(args[0].shape))
+
+    weights.net.tok_emb.register_forward_pre_hook(seen)  # the embedding: the first thing a forward reads
+    return shapes
+
+
+def test_prompts_joining_together_are_prefilled_at_once_and_get_what_they_get_alone(loaded):
+    model, tok = loaded
+    bs = model.config.block_size
+    words = "the cat sat on the mat and a dog ran over the hill one two three four five six seven eight".split()
+    prompts = [tok.encode(" ".join(words[:k])) for k in (4, 6, 8, 10)]  # 10 to 27 tokens here
+    prompts.append(tok.encode(" ".join(words * 3)))  # longer than the window: its end is kept
+    assert len(prompts[-1]) > bs and len({len(p) for p in prompts}) == len(prompts)
+    settings = [
+        dict(params=greedy(14), logprobs=2),
+        dict(params=GenerationParams(12, 0.8, seed=3, ignore_eos=True), logprobs=0, n=2),
+        dict(params=GenerationParams(10, 1.0, top_k=20, seed=5, ignore_eos=True), logprobs=1),
+        dict(params=GenerationParams(16, 0.9, top_p=0.8, seed=11, ignore_eos=True), logprobs=3),
+        dict(params=greedy(bs + 4), logprobs=0),  # past the window: rolls on its own
+    ]
+
+    def job(i: int) -> Job:
+        s = settings[i]
+        return Job([prompts[i]], s.get("n", 1), s["params"], threading.Event(), logprobs=s["logprobs"])
+
+    alone = [run_alone(model, tok, DecodeWeights.build(model), job(i)) for i in range(len(prompts))]
+    weights = DecodeWeights.build(model)
+    shapes = prefills(model, weights)
+    batch = Batch(model, tok, weights)
+    jobs = [job(i) for i in range(len(prompts))]
+    batch.join(*jobs)
+    assert shapes == [(len(prompts), bs)]  # one forward pass for all five, padded to the longest
+    want = [min(len(p), bs) for p, s in zip(prompts, settings) for _ in range(s.get("n", 1))]
+    assert sorted(batch.cache.length.tolist()) == sorted(want)
+    while not batch.empty:
+        batch.step()
+    for got, solo in zip((j.future.result() for j in jobs), alone, strict=True):
+        assert [c.text for c in got] == [c.text for c in solo] and [c.tokens for c in got] == [c.tokens for c in solo]
+        for a, b in zip(got, solo, strict=True):
+            assert [t.token for t in a.logprobs] == [t.token for t in b.logprobs]
+            assert [t.logprob for t in a.logprobs] == pytest.approx([t.logprob for t in b.logprobs], abs=1e-5)
+            assert [[i for i, _ in t.top] for t in a.logprobs] == [[i for i, _ in t.top] for t in b.logprobs]
+    assert alone[1][0].text != alone[1][1].text  # the seeded n=2 job's two choices are two draws
+
+
+def test_rows_whose_windows_fill_at_one_step_roll_in_one_pass(loaded):
+    from psyduck.generate import generate
+
+    model, tok = loaded
+    bs = model.config.block_size
+    weights = DecodeWeights.build(model)
+    prompt = tok.encode("the cat sat on")
+    prompts = [prompt, prompt[::-1]]  # the same length: their windows fill at the same step
+    expect = [generate(model, torch.tensor([p]), greedy(bs + 6), weights=weights)[0, len(p):].tolist() for p in prompts]
+    shapes = prefills(model, weights)
+    batch = Batch(model, tok, weights)
+    jobs = [Job([p], 1, greedy(bs + 6), threading.Event(), logprobs=0) for p in prompts]
+    batch.join(*jobs)
+    while not batch.empty:
+        batch.step()
+    assert shapes == [(2, len(prompts[0])), (2, bs // 2 + 1)]  # the join, then one roll for both
+    assert [[t.token for t in j.future.result()[0].logprobs] for j in jobs] == expect
+
+
+def test_padded_groups_bound_the_padding_and_the_size():
+    assert padded_groups([5, 5, 5]) == [[0, 1, 2]]
+    assert padded_groups([2, 128, 2, 2]) == [[1, 0], [2, 3]]  # 128 + 2 padded to 256 <= 2 x 130; a third would not fit
+    assert padded_groups([]) == []
+    big = padded_groups([128] * 100)
+    assert [len(g) for g in big] == [PREFILL_TOKENS // 128, 100 - PREFILL_TOKENS // 128]
+    assert sorted(i for g in big for i in g) == list(range(100))
+
+
+def test_a_bad_prompt_fails_its_own_job_not_the_ones_joining_with_it(loaded):
+    model, tok = loaded
+    batch = Batch(model, tok, DecodeWeights.build(model))
+    good = Job([tok.encode("the cat")], 1, greedy(3), threading.Event())
+    empty = Job([[]], 1, greedy(3), threading.Event())
+    outside = Job([[1, model.config.vocab_size]], 1, greedy(3), threading.Event())
+    batch.join(empty, good, outside)
+    while not batch.empty:
+        batch.step()
+    assert good.future.result()[0].tokens == 3
+    with pytest.raises(PsyDuckError, match="at least one token"):
+        empty.future.result()
+    with pytest.raises(PsyDuckError, match=f"token id {model.config.vocab_size} is outside"):
+        outside.future.result()
 
 
 def test_rows_past_the_window_roll_like_the_generation_loop(loaded):
@@ -198,8 +296,10 @@ def test_lm_eval_local_completions_scores_like_the_psyduck_model(engine_url, loa
 @pytest.mark.parametrize("variant", [
     {"pos": "rope"}, {"pos": "learned"}, {"pos": "sinusoidal", "attention": "teaching"}, {"pos": "rope", "n_kv_head": 2},
 ])
-def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, variant):
-    """Per-row positions and masks (psyduck/model.py) against the plain loop, row by row."""
+@pytest.mark.parametrize("together", [False, True], ids=["staggered", "prefilled-together"])
+def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, variant, together):
+    """Per-row positions and masks (psyduck/model.py) against the plain loop, row by row; the
+    prompts joining one by one, or all at once (one padded prefill)."""
     from psyduck.config import ModelConfig
     from psyduck.generate import generate
     from psyduck.model import GPT
@@ -212,9 +312,12 @@ def test_batched_rows_equal_the_generation_loop_for_every_model_variant(loaded, 
     prompts = [tok.encode(t) for t in ("the cat sat", "a", "one two three four five six seven")]
     batch = Batch(model, tok, weights)
     jobs = [Job([p], 1, greedy(30), threading.Event(), logprobs=0) for p in prompts]  # logprobs: the ids
-    for job in jobs:
-        batch.join(job)
-        batch.step()
+    if together:
+        batch.join(*jobs)
+    else:
+        for job in jobs:
+            batch.join(job)
+            batch.step()
     while not batch.empty:
         batch.step()
     for job, prompt in zip(jobs, prompts, strict=True):

@@ -22,11 +22,11 @@ from psyduck.generate.cache import KVCache, LayerCache
 from psyduck.generate.decode_weights import DecodeWeights
 from psyduck.generate.loop import generate, stream
 from psyduck.generate.params import MIN_TEMPERATURE, MIN_TOP_P, GenerationParams
-from psyduck.generate.sampling import sample_next
+from psyduck.generate.sampling import draw_uniforms, sample_next
 from psyduck.generate.text import TextStream, stream_text
 from psyduck.generate.threads import check_threads, decode_threads
 
 __all__ = [
     "DecodeWeights", "GenerationParams", "KVCache", "LayerCache", "MIN_TEMPERATURE", "MIN_TOP_P", "TextStream",
-    "check_threads", "decode_threads", "generate", "sample_next", "stream", "stream_text",
+    "check_threads", "decode_threads", "draw_uniforms", "generate", "sample_next", "stream", "stream_text",
 ]

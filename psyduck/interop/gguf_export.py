@@ -18,6 +18,9 @@ exportable settings named; `--format hf` exports every model.
 Rotary embeddings: PsyDuck (like `transformers`) rotates (i, i + hs/2) pairs; llama.cpp rotates
 adjacent pairs instead, so the q/k rows are permuted exactly as llama.cpp's convert_hf_to_gguf.py
 (`LlamaModel.permute`) does for a Hugging Face Llama. Tensor types (f32, f16, q8_0): gguf_quant.py.
+`tokenizer.chat_template` holds the run's chat template in Jinja (`ChatTemplate.jinja`, what llama.cpp's
+chat applies): the fine-tuned run's role markers, or for a base model the plain "User: ..." one that
+`psyduck serve` and `psyduck chat` use too.
 Only this writer needs the `gguf` package, imported when it runs.
 """
 
@@ -30,6 +33,7 @@ from typing import Any
 
 import torch
 
+from psyduck.chat import load_template
 from psyduck.config import ModelConfig
 from psyduck.errors import PsyDuckError
 from psyduck.interop import QUANTS
@@ -133,11 +137,13 @@ def export_gguf(
     arch = gguf_arch(cfg)
     tensors = gguf_tensors(logical_tensors(model, arch, GGUF_LABEL), arch, cfg)
     tokens, types, merges = gguf_vocab(hf_tokenizer_json(run, tok), cfg.vocab_size)
+    chat_template = load_template(run).jinja  # a corrupt chat_template.json is refused before anything is written
     claim_output(out, force, "file")
     with writing(out), atomic_path(out) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
         _write_metadata(w, gguf, cfg, arch, run.name, quant)
         _write_vocab(w, tok, tokens, types, merges)
+        w.add_chat_template(chat_template)
         for name, t in tensors.items():
             data, qtype = encode_tensor(t, tensor_type(name, tuple(t.shape), quant), gguf)
             w.add_tensor(name, data, raw_dtype=qtype)

@@ -55,7 +55,7 @@ def create_app(
     api_key: str | None = None,
     max_tokens_cap: int = 512,
     max_prompt_tokens: int | None = None,
-    max_concurrency: int = 4,
+    max_concurrency: int | None = None,
     max_queue: int = 16,
     max_body_mb: float = 8.0,
     batching: bool = True,
@@ -66,6 +66,7 @@ def create_app(
     model both given, the model is served and the folder only supplies the name and the metrics.
     A request body over `max_body_mb` megabytes (10^6 bytes) is refused with 413 before it is read.
     `batching`: one engine thread runs every request in one batch (False: a thread per request).
+    `max_concurrency` defaults to 16 with batching, 4 without (state.py's `default_concurrency`).
     """
     state = load_state(
         run_dir, model=model, tokenizer=tokenizer, model_name=model_name, checkpoint=checkpoint, device=device,

@@ -1,19 +1,26 @@
 """`Batch`: the rows being generated, advanced together by one forward pass per step.
 
 A `Job` is one request's generation: its prompts, `n` continuations of each, its own sampling
-parameters, seed, stop strings and cancel flag. `Batch.join` turns a job into rows: each prompt is
-prefilled on its own (one forward over the prompt, into a one-row `KVCache`) and copied into the
-shared `RowCache` once per continuation. `Batch.step` then, for every row at once:
+parameters, seed, stop strings and cancel flag. `Batch.join(*jobs)` turns the jobs that arrived
+since the last step into rows: all their prompts are prefilled together, one forward pass over a
+right-padded (N, T) batch (`padded_groups` splits prompts of very different lengths so that padding
+at most doubles the work), and each prompt is copied into the shared `RowCache` once per
+continuation. Padding changes nothing: attention is causal, so no prompt token sees the padding
+after it, and each row's logits are read at its own last token. `Batch.step` then, for every row:
 
-1. picks each row's next token from its logits, job by job (each job has its own generator, so a
+1. picks each row's next token from its logits: the rows of every job with the same sampling
+   knobs in one `sample_next` call, each job's random numbers drawn from its own generator (so a
    seeded request gives the same text whoever else is in the batch), and records its logprobs;
 2. hands each job its new text (`Delta`s) and lets finished and cancelled rows leave;
 3. feeds the remaining rows' new tokens through the model in one forward pass (the weights are
    read once for all rows: the point of batching on a memory-bound CPU).
 
-A row whose window (block_size) is full drops its oldest half and is prefilled again, alone, as
-the generation loop does. The server runs one `Batch` in its engine thread (engine.py), or one per
-request in worker threads with `--batching off`: the same code, so both give the same tokens.
+Rows whose window (block_size) is full drop their oldest half and are prefilled again, together,
+as the generation loop does. The server runs one `Batch` in its engine thread (engine.py), or one
+per request in worker threads with `--batching off`: the same code, so both give the same tokens.
+A row computed inside a bigger matrix product than its lone run's (a shared prefill or step) can
+differ from it in the last bits of its logits (BLAS sums in another order), never in its tokens
+but by a near tie (tests/test_serve_engine.py).
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from psyduck.errors import PsyDuckError
 from psyduck.generate import (
+    MIN_TEMPERATURE,
     DecodeWeights,
     GenerationParams,
     KVCache,
     TextStream,
+    draw_uniforms,
     sample_next,
 )
 from psyduck.serve.rowcache import RowCache
@@ -72,8 +82,9 @@ class Job:
 
     `logprobs`: how many alternatives to report per token (0: only the chosen one's), or None for
     no logprobs; with `score_prompts` too, `join` fills `prompt_scores` (one list per prompt): the
-    prompts' own logprobs, computed here, under the admission control, not in the request handler. `on_step` receives each step's deltas, in the generating thread. `future` ends
-    with the choices: when every row finished, or at once when `cancel` is set.
+    prompts' own logprobs, computed here, under the admission control, not in the request handler.
+    `on_step` receives each step's deltas, in the generating thread. `future` ends with the
+    choices: when every row finished, or at once when `cancel` is set.
     """
 
     prompts: list[list[int]]
@@ -123,6 +134,26 @@ def token_logprobs(logits: torch.Tensor, chosen: torch.Tensor, top: int) -> list
     ]
 
 
+PADDING_WASTE = 2.0  # a prefill's padded tokens stay within this many times its real tokens...
+PREFILL_TOKENS = 8192  # ...and within this many (at least one prompt): activations stay small
+
+
+def padded_groups(lengths: list[int]) -> list[list[int]]:
+    """The indices of `lengths`, in groups to prefill together: longest first, a group taking the
+    next while count x longest stays within PADDING_WASTE x its real tokens and PREFILL_TOKENS."""
+    groups: list[list[int]] = []
+    real = 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        padded = (len(groups[-1]) + 1) * lengths[groups[-1][0]] if groups else 0
+        if groups and padded <= PADDING_WASTE * (real + lengths[i]) and padded <= PREFILL_TOKENS:
+            groups[-1].append(i)
+            real += lengths[i]
+        else:
+            groups.append([i])
+            real = lengths[i]
+    return groups
+
+
 class Batch:
     """The rows of every job in progress; `step` advances them all by one token."""
 
@@ -140,62 +171,137 @@ class Batch:
     def empty(self) -> bool:
         return not self.jobs
 
-    def prefill(self, context: list[int]) -> tuple[KVCache, torch.Tensor]:
-        """One context, alone, into a fresh one-row cache: (the cache, the next token's logits (V,))."""
-        cache = KVCache.for_model(self.model, 1, self.device, self.cache.dtype)
-        tokens = torch.tensor([context[-self.block_size :]], device=self.device)
+    # -- prefill: prompts and rolled windows, several in one forward pass ----------------------
+    def prefill(self, contexts: list[list[int]]) -> tuple[KVCache, torch.Tensor]:
+        """Contexts (each cropped to the window) in one forward pass, right-padded: (their cache, one
+        row each, as long as the longest; each one's next-token logits (N, V))."""
+        contexts = [c[-self.block_size :] for c in contexts]
+        width = max(map(len, contexts))
+        tokens = torch.tensor([c + [self.tok.eot_id] * (width - len(c)) for c in contexts], device=self.device)
+        last = torch.tensor([len(c) - 1 for c in contexts], device=self.device)
+        cfg = self.model.config
+        cache = KVCache(cfg.n_layer, (len(contexts), cfg.kv_heads, width, cfg.head_size), self.device, self.cache.dtype)
         with torch.inference_mode():
-            logits = self.weights.net(tokens, cache=cache)[0][0, -1]
+            logits = self.logits_at(tokens, last, cache)
             if self.weights.half and not bool(logits.isfinite().all()):
                 self.weights = DecodeWeights.build(self.model, exact=True)  # float16 overflowed: exact from now on
                 cache.reset()
-                logits = self.weights.net(tokens, cache=cache)[0][0, -1]
+                logits = self.logits_at(tokens, last, cache)
         return cache, logits
 
-    def join(self, job: Job) -> None:
-        """Add a job's rows (its prompts prefilled here), or end it at once if it asks for no tokens."""
+    def logits_at(self, tokens: torch.Tensor, last: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Tokens (N, T) through the model into `cache` -> the logits (N, V) after each row's `last` token.
+
+        The model's own `body` and `logits` (what its forward runs with a cache), read at each row's
+        own end instead of the batch's last column."""
+        net = self.weights.net
+        hidden = net.body(tokens, cache)  # (N, T, C)
+        return net.logits(hidden[torch.arange(len(last), device=self.device), last])  # (N, V)
+
+    def join(self, *jobs: Job) -> None:
+        """Add the jobs' rows, every prompt among them prefilled together. A job that asks for no
+        tokens (or is already cancelled) ends at once; one whose prompt scoring fails ends with
+        that error alone; a failed prefill ends the jobs it was for."""
+        starts: list[tuple[Job, int, list[int]]] = []  # (job, prompt number, prompt): what to prefill
+        for job in jobs:
+            try:
+                starts += self.setup(job)
+            except Exception as e:  # noqa: BLE001  (this job fails; the others join)
+                job.future.set_exception(e)
+        try:
+            for group in padded_groups([min(len(p), self.block_size) for _, _, p in starts]):
+                cache, logits = self.prefill([starts[i][2] for i in group])
+                for source, i in enumerate(group):
+                    self.add_rows(*starts[i], cache, source, logits[source])
+        except Exception as e:  # noqa: BLE001  (out of memory, a bug: these jobs fail, the batch goes on)
+            for job in jobs:
+                self.fail(job, e)
+            return
+        for job in jobs:
+            job.live.sort(key=lambda r: r.index)  # choice order: the order its generator draws in
+            if job.live:
+                self.jobs.append(job)
+            elif not job.future.done():
+                job.done()
+
+    def setup(self, job: Job) -> list[tuple[Job, int, list[int]]]:
+        """Check a joining job's prompts, score them if asked, seed its generator; returns the prompts
+        to prefill (none if it asks for no tokens)."""
         params = job.params
+        vocab = self.model.config.vocab_size
+        for prompt in job.prompts:  # checked here, so that a bad prompt cannot fail the prefill it would share
+            if not prompt:
+                raise PsyDuckError("a prompt needs at least one token; start a new document with the end-of-text id")
+            if not 0 <= min(prompt) <= max(prompt) < vocab:
+                bad = next(i for i in prompt if not 0 <= i < vocab)
+                raise PsyDuckError(f"token id {bad} is outside the model's vocabulary (0..{vocab - 1})")
         if job.score_prompts and job.logprobs is not None:
             job.prompt_scores = [prompt_logprobs(self.model, p, job.logprobs) for p in job.prompts]
         if params.seed is not None:
             job.generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        for p, prompt in enumerate(job.prompts):
-            texts = [TextStream(self.tok, params.stop, params.ignore_eos) for _ in range(job.n)]
-            if params.max_new_tokens == 0 or job.cancel.is_set():
-                job.choices += [Choice(p * job.n + j, "", 0, "length") for j in range(job.n)]
-                continue
-            cache, logits = self.prefill(prompt)
-            for j, slot in enumerate(self.cache.put(cache, job.n)):
-                row = Row(job, p * job.n + j, texts[j], list(prompt[-self.block_size :]), logits, slot)
-                self.rows.append(row)
-                job.live.append(row)
-        if job.live:
-            self.jobs.append(job)
-        else:
-            job.done()
+        if params.max_new_tokens == 0 or job.cancel.is_set():
+            job.choices += [Choice(i, "", 0, "length") for i in range(len(job.prompts) * job.n)]
+            return []
+        return [(job, p, prompt) for p, prompt in enumerate(job.prompts)]
 
+    def add_rows(self, job: Job, p: int, prompt: list[int], cache: KVCache, source: int, logits: torch.Tensor) -> None:
+        """The job's n rows for prompt `p`, their cache copied from row `source` of a prefill."""
+        context = list(prompt[-self.block_size :])
+        params = job.params
+        for j, slot in enumerate(self.cache.put(cache, source, len(context), job.n)):
+            text = TextStream(self.tok, params.stop, params.ignore_eos)
+            row = Row(job, p * job.n + j, text, list(context), logits, slot)
+            self.rows.append(row)
+            job.live.append(row)
+
+    # -- one step ------------------------------------------------------------------------------
     def step(self) -> None:
         """One token for every row: sample, report, let finished rows leave, one forward for the rest."""
-        for job in list(self.jobs):
-            if job.cancel.is_set():
-                self.leave(job, list(job.live))
-                continue
-            deltas = self.sample(job)
-            if job.on_step is not None:
-                job.on_step(deltas)
-            self.leave(job, [r for r in job.live if r.text.finished])
+        for job in [j for j in self.jobs if j.cancel.is_set()]:
+            self.leave(job, list(job.live))
+        if self.jobs:
+            live = [r for job in self.jobs for r in job.live]
+            logits = torch.stack([r.logits for r in live])  # (B, V), job by job
+            chosen = self.pick(logits)
+            tokens = chosen.tolist()
+            at = 0
+            for job in list(self.jobs):
+                end = at + len(job.live)
+                deltas = self.advance(job, tokens[at:end], logits[at:end], chosen[at:end])
+                at = end
+                if job.on_step is not None:
+                    job.on_step(deltas)
+                self.leave(job, [r for r in job.live if r.text.finished])
         if self.rows:
             self.forward()
 
-    def sample(self, job: Job) -> list[Delta]:
-        """Pick the next token of each of the job's rows (one draw from its generator) and push it."""
-        params, rows = job.params, job.live
-        logits = torch.stack([r.logits for r in rows])
-        chosen = sample_next(logits, params.temperature, params.top_k, params.top_p, job.generator)
+    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token (B,) of every live row (job by job): one `sample_next` call per set of
+        sampling knobs, each job's random numbers drawn from its own generator, in choice order."""
+        by_knobs: dict[tuple[float, int | None, float | None], list[tuple[int, Job]]] = {}
+        at = 0
+        for job in self.jobs:
+            p = job.params
+            by_knobs.setdefault((p.temperature, p.top_k, p.top_p), []).append((at, job))
+            at += len(job.live)
+        chosen = None if len(by_knobs) == 1 else torch.empty(at, dtype=torch.long, device=logits.device)
+        for (temperature, top_k, top_p), members in by_knobs.items():
+            uniform = None
+            if temperature >= MIN_TEMPERATURE:  # greedy rows draw nothing
+                uniform = torch.cat([draw_uniforms(len(job.live), job.generator, self.device) for _, job in members])
+            if chosen is None:  # the usual case: one set of knobs, every row at once
+                return sample_next(logits, temperature, top_k, top_p, uniform=uniform)
+            index = torch.tensor([i for start, job in members for i in range(start, start + len(job.live))], device=logits.device)
+            chosen[index] = sample_next(logits[index], temperature, top_k, top_p, uniform=uniform)
+        assert chosen is not None
+        return chosen
+
+    def advance(self, job: Job, tokens: list[int], logits: torch.Tensor, chosen: torch.Tensor) -> list[Delta]:
+        """Push each of the job's rows its chosen token (and logprobs, if asked); the deltas to send."""
         scored = token_logprobs(logits, chosen, job.logprobs) if job.logprobs is not None else None
         deltas = []
-        for i, (row, token) in enumerate(zip(rows, chosen.tolist())):
-            last = row.text.tokens + 1 == params.max_new_tokens
+        for i, (row, token) in enumerate(zip(job.live, tokens)):
+            last = row.text.tokens + 1 == job.params.max_new_tokens
             piece = row.text.push(token, last)
             row.context.append(token)
             mine = [scored[i]] if scored is not None else []
@@ -208,34 +314,55 @@ class Batch:
         for row in rows:
             job.live.remove(row)
             job.choices.append(row.choice())
-            moved = self.cache.remove(row.slot)
-            last = self.rows.pop()
-            if moved is not None:
-                last.slot = row.slot
-                self.rows[row.slot] = last
+            self.free(row)
         if not job.live:
             self.jobs.remove(job)
             job.done()
 
+    def fail(self, job: Job, error: Exception) -> None:
+        """End `job` with `error`, its rows freed."""
+        for row in job.live:
+            self.free(row)
+        job.live.clear()
+        if job in self.jobs:
+            self.jobs.remove(job)
+        if not job.future.done():
+            job.future.set_exception(error)
+
+    def free(self, row: Row) -> None:
+        """Give the row's cache row back; the last row moves into it (rows stay packed)."""
+        moved = self.cache.remove(row.slot)
+        last = self.rows.pop()
+        if moved is not None:
+            last.slot = row.slot
+            self.rows[row.slot] = last
+
     def forward(self) -> None:
-        """Every row's newest token through the model at once (rows with a full window: alone, rolled)."""
+        """Every row's newest token through the model at once (rows with a full window: rolled first)."""
         lengths = self.cache.length.tolist()  # one read (one device sync on a GPU), not one per row
-        for row in self.rows:
-            if lengths[row.slot] == self.block_size:  # full: keep the newest half
-                row.context = row.context[-(self.block_size // 2 + 1) :]
-                cache, row.logits = self.prefill(row.context)
-                self.cache.replace(row.slot, cache)  # it holds the whole context: no token to feed
-                lengths[row.slot] = len(row.context)
-        stepping = [r for r in self.rows if lengths[r.slot] < len(r.context)]
-        if not stepping:
-            return
+        full = [r for r in self.rows if lengths[r.slot] == self.block_size]
+        if full:
+            self.roll(full)
+            if len(full) == len(self.rows):
+                return  # every row's prefill fed its newest token already
         tokens = torch.tensor([[r.context[-1]] for r in self.rows], device=self.device)
         logits = self.decode(tokens)
+        rolled = {r.slot for r in full}
         for row in self.rows:
-            if row in stepping:
+            if row.slot in rolled:  # its prefill fed the token already: forget the extra one
+                self.cache.lengths[row.slot] = len(row.context)
+            else:
                 row.logits = logits[row.slot]
-            else:  # rolled: its prefill fed the token already; forget the extra one
-                self.cache.lengths[row.slot] = lengths[row.slot]
+
+    def roll(self, rows: list[Row]) -> None:
+        """Rows whose window is full keep its newest half, prefilled again together (as the generation loop does)."""
+        for row in rows:
+            row.context = row.context[-(self.block_size // 2 + 1) :]
+        for group in padded_groups([len(r.context) for r in rows]):
+            cache, logits = self.prefill([rows[i].context for i in group])
+            for source, i in enumerate(group):
+                self.cache.replace(rows[i].slot, cache, source, len(rows[i].context))
+                rows[i].logits = logits[source]
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """One token per row (B, 1) through the model and the cache -> next logits (B, V).

@@ -4,7 +4,10 @@ The run's chat template (psyduck.chat) writes the messages as tokens and opens t
 turn; the reply is generated like a completion and ends at the end-of-text token, at one of the
 template's stop strings (where the model would start the next turn), at the request's own, or
 after `max_completion_tokens` (default: the server's cap, since chat clients rarely set it).
-A base model without a template gets the plain, documented one. Streamed, each choice first gets
+A base model without a template gets the plain, documented one. The message is the template's
+`reply` of the generated text (the plain template's "Assistant:" leaves its space to the model,
+and the reply drops it), as `psyduck chat` shows it; streamed, through a `ReplyStream` per choice,
+so the chunks add up to the whole answer's message. Streamed, each choice first gets
 a chunk with `delta: {role: "assistant"}`, then one chunk per token with `delta: {content}`, the
 last with its `finish_reason`; then `usage` if asked for, then `data: [DONE]`.
 """
@@ -22,6 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from psyduck.chat import ReplyStream
 from psyduck.errors import PsyDuckError
 from psyduck.serve import logprobs
 from psyduck.serve.access import AUTH, State, check_model
@@ -90,7 +94,8 @@ async def chat_completions(body: ChatRequest, request: Request, state: State) ->
         if choices is None:
             return gone()
         return JSONResponse({**meta, "object": "chat.completion", "usage": usage(choices), "choices": [
-            {"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": scored(c.logprobs),
+            {"index": c.index, "message": {"role": "assistant", "content": state.template.reply(c.text)},
+             "logprobs": scored(c.logprobs),
              "finish_reason": c.finish_reason} for c in choices
         ]})
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -100,10 +105,12 @@ async def chat_completions(body: ChatRequest, request: Request, state: State) ->
     except ClientGone:
         return gone()
     chunk = {**meta, "object": "chat.completion.chunk"}
+    replies = [ReplyStream(state.template) for _ in range(n)]
 
     def event(deltas: list[Delta]) -> str:
         return "".join(sse({**chunk, "choices": [
-            {"index": d.index, "delta": {"content": d.text}, "logprobs": scored(d.logprobs), "finish_reason": d.finish_reason}
+            {"index": d.index, "delta": {"content": replies[d.index].push(d.text, last=d.finish_reason is not None)},
+             "logprobs": scored(d.logprobs), "finish_reason": d.finish_reason}
         ]}) for d in deltas)
 
     def done(choices: list[Choice]) -> str:

@@ -4,7 +4,8 @@ Nothing here knows about HTTP. The rows and the step live in batch.py (`Batch`, 
 
 - `Engine` (batching on, the default): one thread runs one `Batch` for every request. Between
   steps it takes in the jobs that arrived (continuous batching: a request joins the running batch
-  at once and leaves it when done, instead of waiting for the batch to end), then runs one step.
+  at once and leaves it when done, instead of waiting for the batch to end), their prompts
+  prefilled together in one forward pass, then runs one step.
   A cancelled job (its client went away) leaves at the next step, and its rows are free at once.
 - `run_alone` (`--batching off`): a job's own `Batch`, in the calling worker thread: one thread per
   request, competing for the cores. PyTorch releases the GIL inside its kernels either way, so the
@@ -36,7 +37,8 @@ def run_alone(model: torch.nn.Module, tokenizer: Tokenizer, weights: DecodeWeigh
         while not batch.empty:
             batch.step()
     except BaseException as e:
-        job.future.set_exception(e)
+        if not job.future.done():
+            job.future.set_exception(e)
         raise
     return job.future.result()
 
@@ -82,15 +84,11 @@ class Engine:
                     for job in arrived:
                         job.done()
                     return
-            for job in arrived:
-                try:
-                    batch.join(job)
-                except Exception as e:  # noqa: BLE001  (a bad job fails alone; the engine goes on)
-                    job.future.set_exception(e)
             try:
+                batch.join(*arrived)  # prefilled together; a job with a bad prompt ends alone
                 batch.step()
-            except Exception as e:  # noqa: BLE001  (a bug in a step: fail what is running, start clean)
-                for job in batch.jobs:
+            except Exception as e:  # noqa: BLE001  (a bug: fail what is running, start clean)
+                for job in [*batch.jobs, *arrived]:
                     if not job.future.done():
                         job.future.set_exception(e)
                 batch = Batch(self.model, self.tok, batch.weights)

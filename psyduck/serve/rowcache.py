@@ -8,8 +8,9 @@ model (through `keep`) the mask that lets each row attend to its own keys only. 
 `cache.length` as per-row starts, so every row's positions are its own (psyduck/model.py).
 
 Rows are kept packed: the active rows are 0..active-1, and a row that leaves is filled by the last
-one, so a step works on plain slices. Buffers grow (doubling) as rows join; a prompt is prefilled
-on its own (`KVCache`) and copied in with `put`.
+one, so a step works on plain slices. Buffers grow (doubling) as rows join; the prompts that join
+at one step are prefilled together into a `KVCache` (right-padded, one row each) and each is
+copied in with `put`, only as far as its own length.
 """
 
 from __future__ import annotations
@@ -78,27 +79,27 @@ class RowCache:
         self.end = int(seen.max())
         self.keep = (torch.arange(self.end, device=self.device) < seen[:, None])[:, None, None, :]
 
-    def put(self, prefilled: KVCache, copies: int = 1) -> list[int]:
-        """Add `copies` rows holding what `prefilled` (one row) holds; returns their row numbers."""
+    def put(self, prefilled: KVCache, source: int, length: int, copies: int = 1) -> list[int]:
+        """Add `copies` rows holding the first `length` positions of row `source` of `prefilled`;
+        returns their row numbers."""
         need = self.active + copies
         if need > self.lengths.shape[0]:
             self._grow(max(need, 2 * self.lengths.shape[0], 4))
-        n = prefilled.length
-        rows = list(range(self.active, need))
+        rows = slice(self.active, need)
         for i, layer in enumerate(prefilled.layers):
-            self.k[i][rows, :, :n] = layer.k[:1, :, :n]
-            self.v[i][rows, :, :n] = layer.v[:1, :, :n]
-        self.lengths[rows] = n
+            self.k[i][rows, :, :length] = layer.k[source, :, :length]
+            self.v[i][rows, :, :length] = layer.v[source, :, :length]
+        self.lengths[rows] = length
         self.active = need
-        return rows
+        return list(range(rows.start, rows.stop))
 
-    def replace(self, row: int, prefilled: KVCache) -> None:
-        """Make `row` hold what `prefilled` holds instead (a row whose window rolled)."""
-        n = prefilled.length
+    def replace(self, row: int, prefilled: KVCache, source: int, length: int) -> None:
+        """Make `row` hold the first `length` positions of row `source` of `prefilled` instead (a
+        row whose window rolled)."""
         for i, layer in enumerate(prefilled.layers):
-            self.k[i][row, :, :n] = layer.k[0, :, :n]
-            self.v[i][row, :, :n] = layer.v[0, :, :n]
-        self.lengths[row] = n
+            self.k[i][row, :, :length] = layer.k[source, :, :length]
+            self.v[i][row, :, :length] = layer.v[source, :, :length]
+        self.lengths[row] = length
 
     def remove(self, row: int) -> int | None:
         """Free `row`; the last row moves into it. Returns the row number that moved (None if none)."""

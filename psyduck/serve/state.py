@@ -38,7 +38,7 @@ class ServeState:
     api_key: str | None = None
     max_tokens_cap: int = 512
     max_prompt_tokens: int = 1024
-    max_concurrency: int = 4
+    max_concurrency: int = 16  # generations at once (default_concurrency)
     max_queue: int = 16
     page: str = ""  # the HTML of PAGE
     max_body_bytes: int = 8 * 10**6  # larger request bodies are refused before they are read (limits.py)
@@ -89,6 +89,19 @@ class ServeState:
             self.executor = None
 
 
+def default_concurrency(batching: bool) -> int:
+    """How many generations run at once unless `--max-concurrency` says: 16 with batching, 4 without.
+
+    With batching, every running generation is a row of the one step, and a step of 16 rows costs
+    a few times one of a single row on a CPU (docs/performance.md), so 16 clients share it well.
+    Each running continuation (a request with `n` holds n) keeps its own KV cache of
+    2 x n_layer x block_size x kv_heads x head_size floats: 1 MB for cpu-small, 3 MB for seed-60m,
+    75 MB for gpt2-124m (the bound on the server's cache memory: that, times concurrency x n).
+    Without batching, each generation is a thread of its own competing for the cores: a few suffice.
+    """
+    return 16 if batching else 4
+
+
 def longest_token(tok: Tokenizer) -> int:
     """The most characters one token's text can hold (part of a character decodes as one U+FFFD).
 
@@ -100,10 +113,12 @@ def longest_token(tok: Tokenizer) -> int:
 def load_state(
     run_dir: str | Path | None, *, model: Any = None, tokenizer: Tokenizer | None = None, model_name: str | None = None,
     checkpoint: str | None = None, device: str = "cpu", api_key: str | None = None, max_tokens_cap: int = 512,
-    max_prompt_tokens: int | None = None, max_concurrency: int = 4, max_queue: int = 16, max_body_mb: float = 8.0,
-    batching: bool = True,
+    max_prompt_tokens: int | None = None, max_concurrency: int | None = None, max_queue: int = 16,
+    max_body_mb: float = 8.0, batching: bool = True,
 ) -> ServeState:
-    """Check the limits (one-line errors), load the run unless a model is given, name the model."""
+    """Check the limits (one-line errors), load the run unless a model is given, name the model.
+    `max_concurrency` None: `default_concurrency(batching)`."""
+    max_concurrency = default_concurrency(batching) if max_concurrency is None else max_concurrency
     for key, value, low in (
         ("max_tokens_cap", max_tokens_cap, 1), ("max_concurrency", max_concurrency, 1), ("max_queue", max_queue, 0),
         ("max_prompt_tokens", 1 if max_prompt_tokens is None else max_prompt_tokens, 1),
