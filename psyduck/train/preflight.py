@@ -96,7 +96,7 @@ def open_data(cfg: Config, out: Path, resuming: bool, init_from: Path | None) ->
     the vocabulary in `cfg` (the trainer's own copy)."""
     if init_from is not None:
         check_init_from(init_from)
-    data = TokenData(cfg.data.path)
+    data = TokenData(cfg.data.path, prepare=cfg.data.prepare_command())  # no data: the command that makes it
     tokenizer = load_tokenizer(Path(cfg.data.path))
     if resuming or (out / "tokenizer.json").exists():
         data.check_tokenizer(load_tokenizer(out))
