@@ -14,9 +14,10 @@
     hf_remote.py     that own code's config and weights; the code itself is remote/*.py
     model_card.py    the folder's README.md, from the run's figures
     hub.py           --push-to-hub
-    gguf_export.py   the GGUF file (gpt2 or llama architectures)
+    gguf_export.py   the GGUF file (gpt2, llama or arcee architectures)
     gguf_quant.py    GGUF tensor types (f32, f16, q8_0) and their measured next-token agreement
     ollama.py        the GGUF file and a Modelfile
+    llamacpp.py      the proof: a GGUF file in llama.cpp against PsyDuck (scripts/check_llamacpp.sh)
     hf_import.py     a GPT-2 transformers folder -> a run (which records where it came from)
 
 `transformers` and `gguf` are only imported where needed: the Hugging Face folder is written
