@@ -29,6 +29,7 @@ from psyduck.config import ModelConfig
 from psyduck.interop.gpt2_names import hf_name
 from psyduck.interop.hf_remote import remote_config, remote_files, remote_tensors
 from psyduck.interop.hf_tokenizer import hf_tokenizer_json
+from psyduck.interop.llama_names import hf_name as llama_hf_name
 from psyduck.interop.layout import logical_tensors, output_bias
 from psyduck.interop.loading import claim_output, load_for_export, writing
 from psyduck.interop.model_card import model_card
@@ -41,20 +42,6 @@ HF_ARCHITECTURES = {
 }
 # model.activation -> Llama's / Arcee's hidden_act (transformers' ACT2FN names); swiglu is Llama's silu gate
 HIDDEN_ACT = {"swiglu": "silu", "gelu": "gelu_pytorch_tanh", "relu": "relu", "relu2": "relu2"}
-_LLAMA_NAMES = {  # llama.cpp stem -> Llama/Arcee module (GPT-2's live in gpt2_names)
-    "token_embd": "model.embed_tokens",
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
 
 
 def hf_family(model: torch.nn.Module) -> str:
@@ -83,13 +70,8 @@ def hf_tensors(logical: dict[str, torch.Tensor], family: str) -> dict[str, torch
         if family == "gpt2":
             full, transpose = hf_name(name)
             out[full] = (t.t() if transpose else t).contiguous()
-            continue
-        stem, kind = name.rsplit(".", 1)
-        layer = None
-        if stem.startswith("blk."):
-            _, layer, stem = stem.split(".", 2)
-        prefix = f"model.layers.{layer}." if layer is not None else ""
-        out[f"{prefix}{_LLAMA_NAMES[stem]}.{kind}"] = t.contiguous()
+        else:
+            out[llama_hf_name(name)] = t.contiguous()
     return out
 
 
