@@ -134,12 +134,10 @@ class ModelConfig:
         `model.key=value` settings (empty: none). An exporter refuses a model that has any, rather
         than write a file that a runtime would read as a different model.
 
-        relu2 is listed although Arcee (transformers, llama.cpp) computes relu(x)²: until an exporter
-        maps it, a runtime would be told another activation.
+        relu2 is not among them: Arcee (transformers' ArceeForCausalLM, llama.cpp's arcee) computes
+        relu(x)² exactly, and PsyDuck's own Hugging Face code does for the other positions and norms.
         """
         found = []
-        if self.activation == "relu2":
-            found.append("model.activation=relu2")
         if self.qk_norm:
             found.append("model.qk_norm=true")
         if self.logit_softcap:

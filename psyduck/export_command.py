@@ -54,7 +54,7 @@ def register(subparsers) -> None:
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest loadable)")
     s.set_defaults(func=cmd_export)
 
-    s = subparsers.add_parser("import-hf", help="turn a GPT-2-style transformers folder into a run")
+    s = subparsers.add_parser("import-hf", help="turn a GPT-2, Llama or Arcee transformers folder into a run")
     s.add_argument("folder", help="a folder with config.json (model_type gpt2), weights and tokenizer.json")
     s.add_argument("--out", help="run folder to create (default runs/<folder name>)")
     s.set_defaults(func=cmd_import_hf)

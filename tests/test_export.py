@@ -197,6 +197,62 @@ def test_import_hf_generates_like_transformers_and_keeps_training(gpt2_folder, c
     assert capsys.readouterr().out.startswith(f"weights imported from {source['model']} ({source['folder']}) on ")
 
 
+@pytest.mark.parametrize("kind", ["arcee-relu2-untied-gqa", "arcee-relu2-bias", "arcee-cpu-small", "llama-gqa-bias"])
+def test_import_hf_reads_llama_and_arcee_folders_back_as_the_same_model(kind, bpe, tmp_path):
+    from psyduck.interop.hf_import import import_hf
+
+    model = make_run(tmp_path / "run", bpe, **KINDS[kind])
+    folder = export_hf(tmp_path / "run", tmp_path / "hf")
+    run = import_hf(folder, tmp_path / "back")
+    back, tok = load_run(run)
+    fields = ("pos", "norm", "activation", "tie_embeddings", "bias", "head_bias", "kv_heads", "rope_theta", "norm_eps",
+              "d_model", "n_layer", "n_head", "ffn_hidden", "vocab_size", "block_size")
+    assert {k: getattr(back.config, k) for k in fields} == {k: getattr(model.config, k) for k in fields}
+    assert back.config.activation == KINDS[kind]["activation"]  # an Arcee with hidden_act relu2 is relu2 again
+    a, b = model.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    idx = torch.randint(0, bpe.vocab_size, (2, BLOCK), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(idx)[0], back(idx)[0])
+    assert RunFolder(run).source()["architecture"] == HF_CLASS[kind.split("-")[0]]
+
+
+def test_import_hf_refuses_llama_and_arcee_math_psyduck_does_not_have(bpe, tmp_path):
+    from psyduck.interop.hf_import import import_hf
+
+    make_run(tmp_path / "run", bpe, **KINDS["arcee-relu2-tied"])
+    folder = export_hf(tmp_path / "run", tmp_path / "hf")
+    config = json.loads((folder / "config.json").read_text())
+
+    def error(**changes: object) -> str:
+        (folder / "config.json").write_text(json.dumps({**config, **changes}))
+        with pytest.raises(PsyDuckError) as e:
+            import_hf(folder, tmp_path / "back")
+        assert not (tmp_path / "back").exists()
+        return str(e.value)
+
+    assert error(hidden_act="silu") == (
+        f"{folder} uses hidden_act 'silu'; PsyDuck computes relu2, relu, gelu_new, gelu_pytorch_tanh, gelu_fast "
+        "exactly in arcee models, so this model cannot be imported without changing its outputs"
+    )
+    assert error(num_hidden_layers=None) == (
+        f"{folder}/config.json has no positive integer num_hidden_layers; it is not a complete arcee config"
+    )
+    assert error(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}) == (
+        f"{folder} uses 'yarn' RoPE scaling, which PsyDuck's RoPE does not have"
+    )
+    assert error(attention_bias=True) == (
+        f"{folder} has attention_bias=True but mlp_bias=False; PsyDuck's model.bias puts biases on both or neither"
+    )
+    assert error(head_dim=4) == f"{folder} has 4 heads of 4 for a width of 32; PsyDuck's heads split the width exactly"
+    (folder / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "layers.1.mlp.up_proj" not in k}, str(folder / "model.safetensors"))
+    assert error() == f"{folder} is missing the weights of blk.1.ffn_up.weight (llama.cpp's name); the folder is incomplete"
+
+
 def test_import_hf_reads_pytorch_model_bin_too(gpt2_folder, tmp_path):
     from safetensors.torch import load_file
 
@@ -298,16 +354,18 @@ def test_import_hf_refuses_folders_that_are_not_gpt2(gpt2_folder, tmp_path):
             import_hf(folder, tmp_path / "run")
         return str(e.value)
 
-    suffix = "; import-hf reads folders written by GPT2LMHeadModel.save_pretrained"
+    suffix = ("; import-hf reads folders written by save_pretrained of GPT2LMHeadModel, LlamaForCausalLM or "
+              "ArceeForCausalLM")
+    kind = "is not a GPT-2, Llama or Arcee transformers checkpoint"
     assert error(tmp_path / "missing") == f"folder not found: {tmp_path / 'missing'}; point import-hf at a transformers model folder"
     (tmp_path / "empty").mkdir()
-    assert error(tmp_path / "empty") == f"{tmp_path / 'empty'} is not a GPT-2-style transformers checkpoint (no config.json){suffix}"
-    llama = tmp_path / "llama"
-    shutil.copytree(gpt2_folder, llama)
-    (llama / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    assert error(llama) == f"{llama} is not a GPT-2-style transformers checkpoint (config.json has model_type 'llama', expected 'gpt2'){suffix}"
+    assert error(tmp_path / "empty") == f"{tmp_path / 'empty'} {kind} (no config.json){suffix}"
+    bert = tmp_path / "bert"
+    shutil.copytree(gpt2_folder, bert)
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert error(bert) == f"{bert} {kind} (config.json has model_type 'bert', expected one of gpt2, llama, arcee){suffix}"
     no_weights = tmp_path / "no_weights"
     shutil.copytree(gpt2_folder, no_weights)
     (no_weights / "model.safetensors").unlink()
-    assert error(no_weights) == f"{no_weights} is not a GPT-2-style transformers checkpoint (no model.safetensors or pytorch_model.bin){suffix}"
+    assert error(no_weights) == f"{no_weights} {kind} (no model.safetensors or pytorch_model.bin){suffix}"
     assert not (tmp_path / "run").exists()

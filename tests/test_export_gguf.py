@@ -20,7 +20,8 @@ from psyduck.tokenizer import EOT, Tokenizer, load_tokenizer
 
 gguf = pytest.importorskip("gguf")
 
-KINDS = {k: ARCHS[k] for k in ("gpt2-tied", "gpt2-untied-gqa-nobias", "gpt2-sinusoidal", "llama-mha", "llama-gqa-bias")}
+KINDS = {k: ARCHS[k] for k in ("gpt2-tied", "gpt2-untied-gqa-nobias", "gpt2-sinusoidal", "llama-mha", "llama-gqa-bias",
+                                "arcee-relu2-tied", "arcee-relu2-untied-gqa")}
 GGML = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0"}
 FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}
 
@@ -79,7 +80,8 @@ def expected_gguf(model: GPT, arch: str) -> dict[str, torch.Tensor]:
         else:
             exp[b + "attn_q.weight"], exp[b + "attn_k.weight"] = interleave_rows(q, H), interleave_rows(k, Hkv)
             exp[b + "attn_v.weight"] = v
-            exp[b + "ffn_gate.weight"] = sd[p + "ffn.gate.weight"]
+            if arch == "llama":  # arcee's FFN has no gate: down(relu(up(x))²)
+                exp[b + "ffn_gate.weight"] = sd[p + "ffn.gate.weight"]
             if qkv_b is not None:
                 qb, kb, vb = qkv_b.split([H * hs, Hkv * hs, Hkv * hs])
                 exp[b + "attn_q.bias"], exp[b + "attn_k.bias"] = interleave_rows(qb, H), interleave_rows(kb, Hkv)
@@ -110,7 +112,8 @@ def assert_within_type(name: str, kind: str, got: np.ndarray, want: np.ndarray) 
 
 
 CASES = [(k, "f32") for k in KINDS] + [("gpt2-tied", "f16"), ("llama-gqa-bias", "f16"), ("gpt2-untied-gqa-nobias", "q8_0"),
-                                      ("llama-mha", "q8_0"), ("gpt2-sinusoidal", "q8_0")]
+                                      ("llama-mha", "q8_0"), ("gpt2-sinusoidal", "q8_0"), ("arcee-relu2-tied", "f16"),
+                                      ("arcee-relu2-untied-gqa", "q8_0")]
 
 
 @pytest.mark.parametrize(("kind", "quant"), CASES)
@@ -137,11 +140,12 @@ def test_gguf_holds_every_tensor_and_the_metadata(kind, quant, bpe, tmp_path):
     assert f[f"{arch}.context_length"] == BLOCK and f[f"{arch}.embedding_length"] == c.d_model
     assert f[f"{arch}.block_count"] == c.n_layer and f[f"{arch}.feed_forward_length"] == c.ffn_hidden
     assert f[f"{arch}.attention.head_count"] == c.n_head
-    if arch == "llama":
-        assert f["llama.attention.head_count_kv"] == c.kv_heads
-        assert f["llama.rope.freq_base"] == pytest.approx(c.rope_theta)
-        assert f["llama.rope.dimension_count"] == c.head_size
-        assert f["llama.attention.layer_norm_rms_epsilon"] == pytest.approx(c.norm_eps)
+    if arch in ("llama", "arcee"):
+        assert f[f"{arch}.attention.head_count_kv"] == c.kv_heads
+        assert f[f"{arch}.rope.freq_base"] == pytest.approx(c.rope_theta)
+        assert f[f"{arch}.rope.dimension_count"] == c.head_size
+        assert f[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(c.norm_eps)
+        assert f[f"{arch}.vocab_size"] == c.vocab_size
     else:
         assert f["gpt2.attention.layer_norm_epsilon"] == pytest.approx(c.norm_eps)
     tj = json.loads((tmp_path / "run" / "tokenizer.json").read_text())
@@ -269,10 +273,17 @@ def test_gguf_refuses_architectures_without_an_exact_counterpart_naming_the_near
         assert not (tmp_path / f"{name}.gguf").exists()
         return str(e.value)
 
-    assert error("cpu-small", **PRESET_ARCHS["cpu-small"]) == (
+    # rope + rmsnorm + GELU (the cpu-small of before issue 21): the non-gated relu2 (arcee) or the gated swiglu (llama)
+    assert error("gelu", **ARCHS["arcee-cpu-small"]) == (
         "cannot export a model with pos=rope, norm=rmsnorm, activation=gelu to GGUF (llama.cpp): no llama.cpp "
-        "architecture computes it exactly; nearest exportable: train with model.activation=swiglu (llama), "
-        "or export this model with --format hf"
+        "architecture computes it exactly; nearest exportable: train with model.activation=relu2 (arcee) or "
+        "model.activation=swiglu (llama), or export this model with --format hf"
+    )
+    # relu2 with biases: llama.cpp's arcee has no bias tensors (it refuses such a file: "wrong number of tensors")
+    assert error("relu2-bias", **ARCHS["arcee-relu2-bias"]) == (
+        "cannot export a model with pos=rope, norm=rmsnorm, activation=relu2, bias=true to GGUF (llama.cpp): no "
+        "llama.cpp architecture computes it exactly; nearest exportable: train with model.bias=false (arcee) or "
+        "model.activation=swiglu (llama), or export this model with --format hf"
     )
     assert error("seed", **PRESET_ARCHS["seed-60m"]) == (
         "cannot export a model with pos=sinusoidal, norm=layernorm, activation=relu to GGUF (llama.cpp): no llama.cpp "
@@ -282,7 +293,8 @@ def test_gguf_refuses_architectures_without_an_exact_counterpart_naming_the_near
     assert error("mix", pos="rope", norm="layernorm", activation="gelu") == (
         "cannot export a model with pos=rope, norm=layernorm, activation=gelu to GGUF (llama.cpp): no llama.cpp "
         "architecture computes it exactly; nearest exportable: train with model.norm=rmsnorm model.activation=swiglu "
-        "(llama), or export this model with --format hf"
+        "(llama) or model.norm=rmsnorm model.activation=relu2 model.bias=false (arcee), or export this model with "
+        "--format hf"
     )
     # gpt2's math with a trained output bias (the seed's head with GELU): llama.cpp's gpt2 has none
     assert error("bias", pos="sinusoidal", norm="layernorm", activation="gelu", tie_embeddings=False, head_bias=True) == (
@@ -295,7 +307,7 @@ def test_gguf_refuses_architectures_without_an_exact_counterpart_naming_the_near
 # llama.cpp itself (llama-cpp-python), where it is installed
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["gpt2-tied", "llama-gqa-bias"])
+@pytest.mark.parametrize("kind", ["gpt2-tied", "llama-gqa-bias", "arcee-relu2-tied", "arcee-relu2-untied-gqa"])
 def test_llama_cpp_computes_what_psyduck_computes(kind, bpe, tmp_path):
     from psyduck.interop.llamacpp import RUNTIME_MISSING, compare, runtime_available
 
@@ -304,4 +316,59 @@ def test_llama_cpp_computes_what_psyduck_computes(kind, bpe, tmp_path):
     make_run(tmp_path / "run", bpe, **KINDS[kind])
     path = export(tmp_path / "run", "gguf", tmp_path / "m.gguf")
     report = compare(tmp_path / "run", path, n_tokens=BLOCK // 2)
-    assert report.same_tokens and report.max_logit_diff <= 1e-3 and report.same_greedy, report
+    assert report.tolerance == (5e-3 if KINDS[kind]["activation"] == "gelu" else 1e-3)
+    assert report.same_tokens and report.max_logit_diff <= report.tolerance and report.same_greedy, report
+
+
+@pytest.mark.parametrize(("kind", "quant"), [("arcee-relu2-untied-gqa", "q8_0"), ("arcee-relu2-tied", "f16"),
+                                           ("llama-mha", "q8_0"), ("gpt2-tied", "q8_0")])
+def test_llama_cpp_runs_quantized_files_close_to_psyduck(kind, quant, bpe, tmp_path):
+    """f16 / q8_0 files load and run (q8_0 crashed in the AMX kernels before llamacpp.LlamaCpp kept the
+    weights in plain buffers) and pick PsyDuck's next token almost everywhere on the sample text. (llama.cpp's
+    q8_0 products round the activations too; measured for q8_0 on these weights: logits within 4-7% of their largest,
+    the same next token at 91-98% of the positions; an arcee file without the q/k permutation: 117% and 27%.)"""
+    from psyduck.interop.gguf_quant import SAMPLE_TEXT
+    from psyduck.interop.llamacpp import RUNTIME_MISSING, LlamaCpp, runtime_available
+
+    if not runtime_available():
+        pytest.skip(RUNTIME_MISSING)
+    model = make_run(tmp_path / "run", bpe, **KINDS[kind])
+    llm = LlamaCpp(export(tmp_path / "run", "gguf", tmp_path / "m.gguf", quant=quant), BLOCK)
+    ids = bpe.encode(SAMPLE_TEXT)[: BLOCK * 4]
+    try:
+        theirs = np.concatenate([llm.logits(ids[i : i + BLOCK]) for i in range(0, len(ids), BLOCK)])
+    finally:
+        llm.close()
+    with torch.no_grad():
+        ours = model(torch.tensor(ids).view(-1, BLOCK))[0].reshape(len(ids), -1).numpy()
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 0.2 * np.abs(ours).max()
+    assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.8
+
+
+def test_llama_cpp_gelu_is_psyduck_gelu_through_a_float16_table(bpe, tmp_path):
+    """Why gpt2 files get the looser GELU_LOGIT_TOLERANCE: ggml's CPU GELU rounds its input to float16
+    and reads the value from a float16 table. PsyDuck with GELU rounded that way is within the exact
+    1e-3 of llama.cpp; plain PsyDuck is not (on these large random weights)."""
+    from psyduck.interop.gguf_quant import SAMPLE_TEXT
+    from psyduck.interop.llamacpp import LOGIT_TOLERANCE, RUNTIME_MISSING, LlamaCpp, runtime_available
+
+    if not runtime_available():
+        pytest.skip(RUNTIME_MISSING)
+
+    class TableGelu(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
+
+    model = make_run(tmp_path / "run", bpe, **KINDS["gpt2-tied"])
+    llm = LlamaCpp(export(tmp_path / "run", "gguf", tmp_path / "m.gguf"), BLOCK)
+    ids = bpe.encode(SAMPLE_TEXT)[:BLOCK]
+    try:
+        theirs = llm.logits(ids)
+    finally:
+        llm.close()
+    with torch.no_grad():
+        plain = model(torch.tensor([ids]))[0][0].numpy()
+        for block in model.blocks:
+            block.ffn.act = TableGelu()
+        tabled = model(torch.tensor([ids]))[0][0].numpy()
+    assert np.abs(tabled - theirs).max() <= LOGIT_TOLERANCE < np.abs(plain - theirs).max()

@@ -146,14 +146,13 @@ def test_push_to_hub_offline_or_without_a_token_is_one_line(bpe, tmp_path):
     )
 
 
-@pytest.mark.parametrize("variant", [{"activation": "relu2"}, {"qk_norm": True}, {"logit_softcap": 15.0}])
+@pytest.mark.parametrize("variant", [{"qk_norm": True}, {"logit_softcap": 15.0}])
 @pytest.mark.parametrize("fmt", ["hf", "gguf"])
 def test_recipe_variants_no_format_computes_are_refused(bpe, tmp_path, fmt, variant):
     run = tmp_path / "run"
     make_run(run, bpe, **{**PRESET_ARCHS["cpu-small"], **variant})
     r = run_cli("export", str(run), "--format", fmt, "--out", str(tmp_path / "out"))
-    setting = {"activation": "model.activation=relu2", "qk_norm": "model.qk_norm=true",
-               "logit_softcap": "model.logit_softcap=15"}[next(iter(variant))]
+    setting = {"qk_norm": "model.qk_norm=true", "logit_softcap": "model.logit_softcap=15"}[next(iter(variant))]
     assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "out").exists()
     assert r.stderr.strip().splitlines()[-1] == (
         f"psyduck: error: cannot export {run}: it was trained with {setting}, which no export format computes yet; "

@@ -1,4 +1,4 @@
-"""Other ecosystems' formats: export a run to Hugging Face, GGUF or ollama, import a GPT-2 from Hugging Face.
+"""Other ecosystems' formats: export a run to Hugging Face, GGUF or ollama, import a GPT-2, Llama or Arcee from Hugging Face.
 
     psyduck export runs/demo --format hf --out exports/demo-hf       # AutoModelForCausalLM.from_pretrained
     psyduck export runs/demo --format gguf --quant q8_0 --out exports/demo.gguf   # llama.cpp and its family
@@ -8,16 +8,19 @@
 
     loading.py       what every export does first: load (refusing NaN weights), claim the output path
     gpt2_names.py    the one GPT-2 name table, read both ways (export and import)
+    llama_names.py   the one Llama / Arcee name table, read both ways
     layout.py        the exporters' common layout: weights under llama.cpp's names, float32
     hf_tokenizer.py  a run's tokenizer as a Hugging Face tokenizer.json (cl100k_base converted)
     hf_export.py     the transformers folder (GPT-2, Llama or Arcee classes, else PsyDuck's own code)
     hf_remote.py     that own code's config and weights; the code itself is remote/*.py
     model_card.py    the folder's README.md, from the run's figures
     hub.py           --push-to-hub
-    gguf_export.py   the GGUF file (gpt2 or llama architectures)
+    gguf_export.py   the GGUF file (gpt2, llama or arcee architectures)
     gguf_quant.py    GGUF tensor types (f32, f16, q8_0) and their measured next-token agreement
     ollama.py        the GGUF file and a Modelfile
-    hf_import.py     a GPT-2 transformers folder -> a run (which records where it came from)
+    llamacpp.py      the proof: a GGUF file in llama.cpp against PsyDuck (scripts/check_llamacpp.sh)
+    hf_import.py     a GPT-2, Llama or Arcee transformers folder -> a run (which records where it came from)
+    hf_import_llama.py  Llama's and Arcee's config and weights as PsyDuck's (for hf_import)
 
 `transformers` and `gguf` are only imported where needed: the Hugging Face folder is written
 without `transformers`, and only the GGUF writer needs the `gguf` package.

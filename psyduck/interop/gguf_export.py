@@ -6,18 +6,21 @@
 
 Exact math or nothing, as for Hugging Face (see hf_export.py):
 
-    positions            norm       FFN      llama.cpp architecture
-    learned, sinusoidal  layernorm  gelu     gpt2
-    rope                 rmsnorm    swiglu   llama
+    positions            norm       FFN              llama.cpp architecture
+    learned, sinusoidal  layernorm  gelu             gpt2
+    rope                 rmsnorm    swiglu           llama
+    rope                 rmsnorm    relu2, no bias   arcee (down(relu(up(x))²), no gate; llama otherwise)
 
-No llama.cpp architecture computes rope + rmsnorm + a non-gated GELU or ReLU FFN (cpu-small's):
-its non-gated rope architectures are arcee and nemotron (ReLU-squared), starcoder2 (LayerNorm) and
-phi2 / gpt-j (parallel attention and FFN). Those, and the seed's ReLU, are refused with the nearest
-exportable settings named; `--format hf` exports every model.
+No llama.cpp architecture computes rope + rmsnorm + a non-gated GELU or ReLU FFN: its other
+non-gated rope architectures are nemotron (LayerNorm with a +1 offset, ReLU²), starcoder2
+(LayerNorm) and phi2 / gpt-j (parallel attention and FFN). Those, the seed's ReLU, and arcee with
+biases (llama.cpp's arcee has no bias tensors) are refused with the nearest exportable settings
+named; `--format hf` exports every model.
 
-Rotary embeddings: PsyDuck (like `transformers`) rotates (i, i + hs/2) pairs; llama.cpp rotates
-adjacent pairs instead, so the q/k rows are permuted exactly as llama.cpp's convert_hf_to_gguf.py
-(`LlamaModel.permute`) does for a Hugging Face Llama. Tensor types (f32, f16, q8_0): gguf_quant.py.
+Rotary embeddings: PsyDuck (like `transformers`) rotates (i, i + hs/2) pairs; llama.cpp's llama and
+arcee rotate adjacent pairs instead, so the q/k rows are permuted exactly as llama.cpp's
+convert_hf_to_gguf.py (`LlamaModel.permute`, which its ArceeModel inherits) does for a Hugging Face
+Llama. Tensor types (f32, f16, q8_0): gguf_quant.py.
 `tokenizer.chat_template` holds the run's chat template in Jinja (`ChatTemplate.jinja`, what llama.cpp's
 chat applies): the fine-tuned run's role markers, or for a base model the plain "User: ..." one that
 `psyduck serve` and `psyduck chat` use too.
@@ -51,25 +54,38 @@ from psyduck.model import GPT
 from psyduck.tokenizer import CL100K, Tokenizer
 
 GGUF_LABEL = "GGUF (llama.cpp)"
-# llama.cpp architecture -> the settings it computes exactly (positions given separately)
-GGUF_ARCHS = {"gpt2": {"norm": "layernorm", "activation": "gelu"}, "llama": {"norm": "rmsnorm", "activation": "swiglu"}}
+# llama.cpp architecture -> the settings it computes exactly, for rope models and for the others
+# (positions are kept, so a model is only ever told to change its norm, FFN or biases)
+GGUF_ARCHS: dict[bool, dict[str, dict[str, object]]] = {
+    False: {"gpt2": {"norm": "layernorm", "activation": "gelu"}},
+    True: {
+        "arcee": {"norm": "rmsnorm", "activation": "relu2", "bias": False},
+        "llama": {"norm": "rmsnorm", "activation": "swiglu"},
+    },
+}
+PERMUTED_ROPE = ("llama", "arcee")  # rotate adjacent pairs: q/k rows permuted (llama_permute)
 
 
 def gguf_arch(cfg: ModelConfig) -> str:
-    """"gpt2" or "llama": the llama.cpp architecture that computes this model exactly.
+    """"gpt2", "llama" or "arcee": the llama.cpp architecture that computes this model exactly.
 
-    Refused otherwise, naming the nearest exportable settings: rope models keep rope (llama),
-    others keep their positions (gpt2), so only norm and activation may need to change.
+    Refused otherwise, naming the nearest exportable settings: the architectures for the model's
+    positions (rope: arcee, llama; learned or sinusoidal: gpt2), fewest changes first.
     """
-    arch = "llama" if cfg.pos == "rope" else "gpt2"
-    wanted = GGUF_ARCHS[arch]
-    changes = [f"model.{k}={v}" for k, v in wanted.items() if getattr(cfg, k) != v]
-    if not changes:
-        return arch
+    candidates = GGUF_ARCHS[cfg.pos == "rope"]
+    changes = {
+        arch: [f"model.{k}={str(v).lower()}" for k, v in wanted.items() if getattr(cfg, k) != v]
+        for arch, wanted in candidates.items()
+    }
+    for arch, needed in changes.items():
+        if not needed:
+            return arch
+    nearest = " or ".join(f"{' '.join(c)} ({arch})" for arch, c in sorted(changes.items(), key=lambda kv: len(kv[1])))
+    bias = ", bias=true" if changes.get("arcee") == ["model.bias=false"] else ""  # arcee's one missing piece
     raise PsyDuckError(
-        f"cannot export a model with pos={cfg.pos}, norm={cfg.norm}, activation={cfg.activation} to {GGUF_LABEL}: "
-        f"no llama.cpp architecture computes it exactly; nearest exportable: train with {' '.join(changes)} "
-        f"({arch}), or export this model with --format hf"
+        f"cannot export a model with pos={cfg.pos}, norm={cfg.norm}, activation={cfg.activation}{bias} to {GGUF_LABEL}: "
+        f"no llama.cpp architecture computes it exactly; nearest exportable: train with {nearest}, "
+        "or export this model with --format hf"
     )
 
 
@@ -83,12 +99,12 @@ def llama_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def gguf_tensors(logical: dict[str, torch.Tensor], arch: str, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """The tensors exactly as they go into the GGUF file (llama: q and k permuted)."""
+    """The tensors exactly as they go into the GGUF file (llama, arcee: q and k permuted)."""
     out = {}
     for name, t in logical.items():
-        if arch == "llama" and ".attn_q." in name:
+        if arch in PERMUTED_ROPE and ".attn_q." in name:
             t = llama_permute(t, cfg.n_head)
-        elif arch == "llama" and ".attn_k." in name:
+        elif arch in PERMUTED_ROPE and ".attn_k." in name:
             t = llama_permute(t, cfg.kv_heads)
         out[name] = t.contiguous()
     return out
@@ -119,7 +135,7 @@ def export_gguf(
     run: str | Path, out: str | Path, checkpoint: str | None = None, quant: str = "f32", force: bool = False,
     log: Callable[[str], None] | None = None, shown_as: Path | None = None,
 ) -> Path:
-    """Write run `run` as one GGUF file in llama.cpp's layout for gpt2 or llama, its matrices as `quant`.
+    """Write run `run` as one GGUF file in llama.cpp's layout for gpt2, llama or arcee, its matrices as `quant`.
 
     `log` (when given) receives one line: the file's size and, for f16 / q8_0, the measured
     next-token agreement with float32; `shown_as` is the file's name there (default `out`), for a
@@ -178,7 +194,7 @@ def _write_metadata(w: Any, gguf: Any, cfg: ModelConfig, arch: str, name: str, q
     w.add_head_count(cfg.n_head)
     if arch == "gpt2":
         w.add_layer_norm_eps(cfg.norm_eps)
-    else:
+    else:  # llama and arcee read the same keys (under their own prefix)
         w.add_head_count_kv(cfg.kv_heads)
         w.add_layer_norm_rms_eps(cfg.norm_eps)
         w.add_rope_freq_base(cfg.rope_theta)

@@ -5,11 +5,11 @@
 Exact math, always: each PsyDuck architecture goes to a stock class where one computes the *same
 function* (the parity tests compare logits within 1e-4 and greedy generations token for token):
 
-    positions            norm       FFN          transformers
-    learned, sinusoidal  layernorm  gelu, relu   GPT2LMHeadModel
-    rope                 rmsnorm    swiglu       LlamaForCausalLM
-    rope                 rmsnorm    gelu, relu   ArceeForCausalLM
-    anything else, or a non-zero output bias     PsyDuckForCausalLM (trust_remote_code=True)
+    positions            norm       FFN                transformers
+    learned, sinusoidal  layernorm  gelu, relu         GPT2LMHeadModel
+    rope                 rmsnorm    swiglu             LlamaForCausalLM
+    rope                 rmsnorm    relu2, gelu, relu  ArceeForCausalLM (up -> hidden_act -> down, no gate)
+    anything else, or a non-zero output bias           PsyDuckForCausalLM (trust_remote_code=True)
 
 The last row is PsyDuck's own code shipped in the folder (hf_remote.py), so every model exports,
 the seed's included. Rotary embeddings: PsyDuck rotates (i, i + hs/2) pairs, the half-split layout
@@ -29,6 +29,7 @@ from psyduck.config import ModelConfig
 from psyduck.interop.gpt2_names import hf_name
 from psyduck.interop.hf_remote import remote_config, remote_files, remote_tensors
 from psyduck.interop.hf_tokenizer import hf_tokenizer_json
+from psyduck.interop.llama_names import hf_name as llama_hf_name
 from psyduck.interop.layout import logical_tensors, output_bias
 from psyduck.interop.loading import claim_output, load_for_export, writing
 from psyduck.interop.model_card import model_card
@@ -39,24 +40,15 @@ HF_LABEL = "Hugging Face transformers"
 HF_ARCHITECTURES = {
     "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM", "psyduck": "PsyDuckForCausalLM",
 }
-_LLAMA_NAMES = {  # llama.cpp stem -> Llama/Arcee module (GPT-2's live in gpt2_names)
-    "token_embd": "model.embed_tokens",
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
+# model.activation -> Llama's / Arcee's hidden_act (transformers' ACT2FN names); swiglu is Llama's silu gate
+HIDDEN_ACT = {"swiglu": "silu", "gelu": "gelu_pytorch_tanh", "relu": "relu", "relu2": "relu2"}
 
 
 def hf_family(model: torch.nn.Module) -> str:
     """"gpt2", "llama" or "arcee": the stock model_type that computes this model exactly, else "psyduck".
+
+    Arcee's MLP is down(act(up(x))) with act any of transformers' ACT2FN: "relu2" there is
+    relu(x)², PsyDuck's ReLUSquared; its RMSNorm, rotate_half RoPE and attention are Llama's.
 
     An output bias that is exactly zero (untrained, imported) is dropped; a non-zero one needs PsyDuck's code.
     """
@@ -78,13 +70,8 @@ def hf_tensors(logical: dict[str, torch.Tensor], family: str) -> dict[str, torch
         if family == "gpt2":
             full, transpose = hf_name(name)
             out[full] = (t.t() if transpose else t).contiguous()
-            continue
-        stem, kind = name.rsplit(".", 1)
-        layer = None
-        if stem.startswith("blk."):
-            _, layer, stem = stem.split(".", 2)
-        prefix = f"model.layers.{layer}." if layer is not None else ""
-        out[f"{prefix}{_LLAMA_NAMES[stem]}.{kind}"] = t.contiguous()
+        else:
+            out[llama_hf_name(name)] = t.contiguous()
     return out
 
 
@@ -129,7 +116,7 @@ def hf_config(cfg: ModelConfig, family: str, eot_id: int) -> dict[str, Any]:
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.head_size,
-        "hidden_act": {"swiglu": "silu", "gelu": "gelu_pytorch_tanh", "relu": "relu"}[cfg.activation],
+        "hidden_act": HIDDEN_ACT[cfg.activation],
         "max_position_embeddings": cfg.block_size,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,  # transformers 4.x

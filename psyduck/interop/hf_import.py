@@ -1,4 +1,4 @@
-"""A GPT-2-style Hugging Face `transformers` folder -> a PsyDuck run you can generate from and keep training.
+"""A GPT-2, Llama or Arcee Hugging Face `transformers` folder -> a PsyDuck run you can generate from and keep training.
 
     psyduck import-hf path/to/gpt2-folder --out runs/imported
     psyduck generate runs/imported --prompt "Once upon a time"
@@ -8,6 +8,8 @@ GPT-2 *is* one of PsyDuck's architectures: learned positions, pre-norm LayerNorm
 biases, usually tied embeddings. So the import is a renaming plus one transpose: GPT-2 stores its
 linear layers as `Conv1D`, whose weight is (in, out), where `nn.Linear` keeps (out, in). The fused
 c_attn rows are [all q heads, all k heads, all v heads], the same order as PsyDuck's qkv.
+Llama and Arcee (RoPE, RMSNorm; SwiGLU or a non-gated ReLU² FFN) are PsyDuck architectures too:
+their config and weights are read by hf_import_llama.py, the rest of the import is the same.
 
 Design choices:
 - Weights are read from model.safetensors (or its shards); a pytorch_model.bin is read with
@@ -39,17 +41,20 @@ if TYPE_CHECKING:
 # GELU written with tanh, which is what PsyDuck's activation="gelu" computes
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 ACTIVATIONS = {**{name: "gelu" for name in TANH_GELUS}, "relu": "relu"}
+MODEL_TYPES = ("gpt2", "llama", "arcee")  # what import-hf reads (config.json's model_type)
+DEFAULT_CLASS = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "arcee": "ArceeForCausalLM"}
 
 
 def _not_gpt2(folder: Path, why: str) -> PsyDuckError:
     return PsyDuckError(
-        f"{folder} is not a GPT-2-style transformers checkpoint ({why}); "
-        "import-hf reads folders written by GPT2LMHeadModel.save_pretrained"
+        f"{folder} is not a GPT-2, Llama or Arcee transformers checkpoint ({why}); import-hf reads folders "
+        "written by save_pretrained of GPT2LMHeadModel, LlamaForCausalLM or ArceeForCausalLM"
     )
 
 
 def read_hf_config(folder: Path) -> dict[str, Any]:
-    """The folder's config.json, checked to be a GPT-2 whose math PsyDuck computes exactly."""
+    """The folder's config.json, checked to be a GPT-2, Llama or Arcee (a GPT-2 here, the others in
+    hf_import_llama) whose math PsyDuck computes exactly."""
     if not folder.is_dir():
         raise PsyDuckError(f"folder not found: {folder}; point import-hf at a transformers model folder")
     path = folder / "config.json"
@@ -59,9 +64,11 @@ def read_hf_config(folder: Path) -> dict[str, Any]:
         hf = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise _not_gpt2(folder, f"config.json is not valid JSON: {e}") from None
-    if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
+    if not isinstance(hf, dict) or hf.get("model_type") not in MODEL_TYPES:
         model_type = hf.get("model_type") if isinstance(hf, dict) else None
-        raise _not_gpt2(folder, f"config.json has model_type {model_type!r}, expected 'gpt2'")
+        raise _not_gpt2(folder, f"config.json has model_type {model_type!r}, expected one of {', '.join(MODEL_TYPES)}")
+    if hf["model_type"] != "gpt2":
+        return hf
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise PsyDuckError(
@@ -171,7 +178,7 @@ def read_hf_tokenizer(folder: Path) -> Tokenizer:
 
 
 def import_hf(folder: str | Path, out: str | Path) -> Path:
-    """Turn a GPT-2-style `transformers` folder into the PsyDuck run folder `out`; returns `out`."""
+    """Turn a GPT-2, Llama or Arcee `transformers` folder into the PsyDuck run folder `out`; returns `out`."""
     from safetensors.torch import save_file
 
     from psyduck.config import Config, DataConfig, TrainConfig
@@ -182,9 +189,14 @@ def import_hf(folder: str | Path, out: str | Path) -> Path:
 
     folder, out = Path(folder), Path(out)
     hf = read_hf_config(folder)
-    mcfg = model_config_from_hf(hf)
-    hf_state = read_hf_weights(folder)
-    state = psyduck_state(hf_state, mcfg, folder)
+    if hf["model_type"] == "gpt2":
+        mcfg = model_config_from_hf(hf)
+        state = psyduck_state(read_hf_weights(folder), mcfg, folder)
+    else:
+        from psyduck.interop.hf_import_llama import llama_model_config, llama_state
+
+        mcfg = llama_model_config(hf, folder)
+        state = llama_state(read_hf_weights(folder), mcfg, folder)
     tok = read_hf_tokenizer(folder)
     if tok.vocab_size > mcfg.vocab_size:
         raise PsyDuckError(
@@ -235,6 +247,6 @@ def source_record(folder: Path, hf: dict[str, Any]) -> dict[str, Any]:
         "importer": f"psyduck {__version__} import-hf",
         "folder": str(folder.resolve()),
         "model": hf.get("_name_or_path") or folder.resolve().name,  # the hub name, when transformers kept it
-        "architecture": (hf.get("architectures") or ["GPT2LMHeadModel"])[0],
+        "architecture": (hf.get("architectures") or [DEFAULT_CLASS[hf["model_type"]]])[0],
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

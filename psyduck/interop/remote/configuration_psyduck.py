@@ -28,7 +28,7 @@ class PsyDuckConfig(PretrainedConfig):
         d_ff: int = 1024,
         pos: str = "sinusoidal",  # sinusoidal | learned | rope
         norm: str = "layernorm",  # layernorm | rmsnorm
-        activation: str = "relu",  # relu | gelu (tanh form) | swiglu
+        activation: str = "relu",  # relu | gelu (tanh form) | relu2 (relu(x)²) | swiglu
         bias: bool = True,
         head_bias: bool = False,
         rope_theta: float = 10_000.0,

@@ -89,7 +89,7 @@ class Attention(nn.Module):
 
 
 class FFN(nn.Module):
-    """up -> ReLU / tanh-GELU -> down, or SwiGLU: down(silu(gate(x)) * up(x))."""
+    """up -> ReLU / tanh-GELU / ReLU² -> down, or SwiGLU: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, config: PsyDuckConfig) -> None:
         super().__init__()
@@ -103,6 +103,8 @@ class FFN(nn.Module):
         if self.activation == "swiglu":
             return self.down(F.silu(self.gate(x)) * self.up(x))
         h = self.up(x)
+        if self.activation == "relu2":
+            return self.down(F.relu(h).square())
         return self.down(F.relu(h) if self.activation == "relu" else F.gelu(h, approximate="tanh"))
 
 
