@@ -356,6 +356,13 @@ def build_sides(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     return sides
 
 
+def tokens_per_step(side: SeedRecipe | CpuSmall | NanoGPTRecipe) -> int:
+    """Tokens one optimizer step of the side trains on."""
+    if isinstance(side, CpuSmall):
+        return side.trainer.tokens_per_step
+    return side.cfg.train.batch_size * side.cfg.model.block_size
+
+
 def side_summary(side: SeedRecipe | CpuSmall | NanoGPTRecipe, rows: list[dict], target: float | None) -> dict:
     """One side's figures for the JSON: size, steps, final and best bits per byte, time to target, curve."""
     return {
@@ -363,6 +370,7 @@ def side_summary(side: SeedRecipe | CpuSmall | NanoGPTRecipe, rows: list[dict], 
         "tokenizer": side.tokenizer,
         "params": sum(p.numel() for p in side.model.parameters()),
         "steps": side.step,
+        "train_tokens_per_s": side.step * tokens_per_step(side) / rows[-1]["time_s"] if rows[-1]["time_s"] else None,
         "final_bpb": rows[-1]["bpb"],
         "best_bpb": min(r["bpb"] for r in rows),
         "time_to_target_s": first_time_at_or_below(rows, target) if target is not None else None,

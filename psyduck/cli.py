@@ -3,7 +3,7 @@
 (Its ~430 lines are argument declarations, one `_add_<command>` function per subcommand, and
 handlers of a few lines each; commands with more to say have their own modules.)
 
-    psyduck prepare wiki-vital --tokenizer bpe-32768 --out data/wiki-vital
+    psyduck prepare wiki-vital --tokenizer bpe-8192 --out data/wiki-vital
     psyduck train --preset cpu-small --data data/wiki-vital --out runs/demo [key=value ...]
     psyduck train --preset cpu-small --minutes 10        # by the clock: the schedule fits the budget
     psyduck generate runs/demo --prompt "The world" --max-new-tokens 100
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from psyduck.config import DataConfig
 from psyduck.errors import PsyDuckError
 
 if TYPE_CHECKING:  # torch loads only in the subcommands that need it
@@ -271,9 +272,9 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("name", nargs="?", help="for hf: the dataset's name on the hub (e.g. roneneldan/TinyStories) or a local folder")
     s.add_argument(
-        "--tokenizer", default="bpe-32768",
+        "--tokenizer", default=DataConfig.tokenizer,
         help="cl100k_base, gpt2 (GPT-2's r50k, downloaded once by tiktoken), bpe-<vocab size> (trained here; default "
-        "bpe-32768, cpu-small's), or the path of a saved tokenizer.json (e.g. runs/x/tokenizer.json)",
+        f"{DataConfig.tokenizer}, cpu-small's), or the path of a saved tokenizer.json (e.g. runs/x/tokenizer.json)",
     )
     s.add_argument("--out", help="output folder (default data/<source>)")
     s.add_argument(

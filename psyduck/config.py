@@ -151,11 +151,11 @@ class DataConfig:
 
     path: str = "data/wiki-vital"  # a folder written by `psyduck prepare` (meta.json + shards)
     source: str = "wiki-vital"  # the corpus `psyduck prepare` reads into `path` (the command a missing folder's error names)
-    tokenizer: str = "bpe-32768"  # cl100k_base | gpt2 | bpe-<vocab size> | a tokenizer.json
+    tokenizer: str = "bpe-8192"  # cl100k_base | gpt2 | bpe-<vocab size> | a tokenizer.json (default: cpu-small's)
 
     def prepare_command(self) -> str:
         """The `psyduck prepare` command that writes this data, e.g. for a missing folder's error."""
-        tokenizer = "" if self.tokenizer == "bpe-32768" else f" --tokenizer {self.tokenizer}"  # prepare's default
+        tokenizer = "" if self.tokenizer == DataConfig.tokenizer else f" --tokenizer {self.tokenizer}"  # prepare's default
         return f"psyduck prepare {self.source}{tokenizer} --out {self.path}"
 
 

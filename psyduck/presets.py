@@ -39,23 +39,27 @@ def seed_60m() -> Config:
 
 
 def cpu_small() -> Config:
-    """The README demo: English-looking text after a few minutes on a 2-core CPU.
+    """The README demo and the 10-minute CPU recipe: the best val bits per byte a 2-core CPU reaches
+    in minutes, chosen lever by lever on benchmarks/time_to_quality.py (docs/performance.md).
 
-    Chosen by measurement (benchmarks/time_to_quality.py) on a 2-core CPU: a 32,768-token BPE
-    trained on the corpus (a bigger vocabulary packs more text into each window; the fused loss keeps
-    its output layer affordable), 4 blocks of width 256 with RoPE + RMSNorm + GELU, no biases, tied
-    embeddings (11.5M parameters). Small batches and no dropout win at these budgets: more steps in
-    the same minutes, and a short run sees less than one epoch. 160 steps, cosine from 2e-3.
+    Small and fast wins at these budgets: a model of nanoGPT's CPU size (d 128, 4 blocks, 4 heads,
+    1.8M parameters, 1.0M of them the embedding) takes ~5 steps a second, and each of the levers of
+    the modern small-model recipes pays: RoPE + RMSNorm + a non-gated ReLU² FFN, no biases, tied
+    embeddings (exports exactly to transformers' and llama.cpp's Arcee); a BPE-8192 trained on the
+    corpus; Muon for the blocks' matrices, AdamW at 6e-3 for the rest; batch 16 x 128; cosine after
+    a 6% warmup. Train it by the clock (`--minutes`): max_iters only draws the schedule's shape
+    (3,000 steps: ~10 minutes here).
     """
     return Config(
         model=ModelConfig(
-            vocab_size=32_768, block_size=128, d_model=256, n_layer=4, n_head=8, dropout=0.0,
-            pos="rope", norm="rmsnorm", activation="gelu", tie_embeddings=True, bias=False,
+            vocab_size=8192, block_size=128, d_model=128, n_layer=4, n_head=4, dropout=0.0,
+            pos="rope", norm="rmsnorm", activation="relu2", tie_embeddings=True, bias=False,
         ),
-        data=DataConfig(path="data/wiki-vital", source="wiki-vital", tokenizer="bpe-32768"),
+        data=DataConfig(path="data/wiki-vital", source="wiki-vital", tokenizer="bpe-8192"),
         train=TrainConfig(
-            batch_size=16, max_iters=160, lr=2e-3, min_lr=1e-4, schedule="cosine", warmup_iters=10,
-            weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=40, eval_iters=10,
+            batch_size=16, max_iters=3000, lr=6e-3, min_lr=1e-4, schedule="cosine", warmup_iters=180,
+            optimizer="muon", muon_lr=0.02, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+            eval_interval=150, eval_iters=10,
         ),
     )
 

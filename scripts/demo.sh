@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 psy() { .venv/bin/psyduck "$@"; }
-tok=bpe-32768  # cpu-small's tokenizer; data prepared with another one (an older demo) is redone
+tok=bpe-8192  # cpu-small's tokenizer; data prepared with another one (an older demo) is redone
 grep -q "\"tokenizer\": \"$tok\"" data/wiki-vital/meta.json 2>/dev/null || psy prepare wiki-vital --tokenizer $tok --out data/wiki-vital
 resume=()
 [[ -f runs/demo/config.json ]] && resume=(--resume)  # a second run continues the first

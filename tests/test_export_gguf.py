@@ -372,3 +372,22 @@ def test_llama_cpp_gelu_is_psyduck_gelu_through_a_float16_table(bpe, tmp_path):
             block.ffn.act = TableGelu()
         tabled = model(torch.tensor([ids]))[0][0].numpy()
     assert np.abs(tabled - theirs).max() <= LOGIT_TOLERANCE < np.abs(plain - theirs).max()
+
+
+PRESET_GGUF = {"seed-60m": None, "cpu-small": "arcee", "tiny": "gpt2", "gpt2-124m": "gpt2",
+               "tinystories-gpu": "llama", "fineweb-edu-gpu": "gpt2"}
+
+
+@pytest.mark.parametrize("name", list(PRESET_GGUF))
+def test_which_presets_reach_llama_cpp(name):
+    """README's presets table, pinned: every preset but the seed (ReLU FFN, biased output layer)
+    has a llama.cpp architecture that computes it exactly."""
+    from psyduck.interop.gguf_export import gguf_arch
+    from psyduck.presets import presets
+
+    assert set(PRESET_GGUF) == set(presets)
+    if PRESET_GGUF[name] is None:
+        with pytest.raises(PsyDuckError, match="nearest exportable"):
+            gguf_arch(presets[name].model)
+    else:
+        assert gguf_arch(presets[name].model) == PRESET_GGUF[name]
