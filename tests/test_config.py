@@ -16,11 +16,24 @@ import pytest
 import torch
 
 from psyduck import Config, ModelConfig, PsyDuckError, TrainConfig, presets
-from psyduck.config import load_config_json
+from psyduck.config import DataConfig, load_config_json
 from psyduck.model import GPT
 
 OLD = Path(__file__).parent / "fixtures" / "old_configs"
 OLD_SHAPES = json.loads((OLD / "state_shapes.json").read_text())
+
+
+OLD_CPU_SMALL = Config(
+    model=ModelConfig(
+        vocab_size=32_768, block_size=128, d_model=256, n_layer=4, n_head=8, dropout=0.0,
+        pos="rope", norm="rmsnorm", activation="gelu", tie_embeddings=True, bias=False,
+    ),
+    data=DataConfig(path="data/wiki-vital", source="wiki-vital", tokenizer="bpe-32768"),
+    train=TrainConfig(
+        batch_size=16, max_iters=160, lr=2e-3, min_lr=1e-4, schedule="cosine", warmup_iters=10,
+        weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=40, eval_iters=10,
+    ),
+)
 
 
 def today(name: str) -> Config:
@@ -31,7 +44,7 @@ def today(name: str) -> Config:
         "tiny": presets["tiny"],
         "tiny-loss-fused": presets["tiny"].replace({"train.loss": "fused"}),
         "tiny-loss-plain": presets["tiny"].replace({"train.loss": "plain"}),
-        "cpu-small": presets["cpu-small"],
+        "cpu-small": OLD_CPU_SMALL,  # the preset before issue 21 retuned it
         "gpt2-124m": presets["gpt2-124m"],
     }
     return expected[name]

@@ -120,17 +120,24 @@ def test_weight_decay_only_on_matrices(tiny_cfg, tmp_path):
 
 
 def test_gradient_accumulation_matches_one_big_batch(tiny_cfg, tmp_path):
-    """grad_accum=2 with batch 4 takes the same step as batch 8 (the same 8 windows)."""
+    """grad_accum=2 with batch 4 gives the gradient of batch 8 (the same 8 windows).
+
+    The gradients are compared, not the weights after the step: AdamW's first step moves each weight
+    by about lr * g / (|g| + eps), whatever the gradient's scale (a sum instead of a mean would pass),
+    and for a gradient near eps by an amount the last bits of a float sum decide (measured: one
+    weight in 16,384 moved 3% of a step differently)."""
+    from psyduck.train.step import accumulate_gradients
+
     a = Trainer(tiny_cfg.replace({"batch_size": 8, "grad_accum": 1, "max_iters": 1}), tmp_path / "a", progress=False)
     b = Trainer(tiny_cfg.replace({"batch_size": 4, "grad_accum": 2, "max_iters": 1}), tmp_path / "b", progress=False)
-    before = [p.detach().clone() for p in a.model.parameters()]
-    la, lb = a.train_step(), b.train_step()
+    (xa, ya), (xb, yb) = a.next_batch(), b.next_batch()
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)  # the same 8 windows
+    la, lb = accumulate_gradients(a.step_setup, xa, ya), accumulate_gradients(b.step_setup, xb, yb)
     assert la == pytest.approx(lb, rel=1e-5)
-    pairs = list(zip(a.model.named_parameters(), b.model.named_parameters(), before, strict=True))
-    for (name_a, pa), (name_b, pb), pa0 in pairs:
+    for (name_a, pa), (name_b, pb) in zip(a.model.named_parameters(), b.model.named_parameters(), strict=True):
         assert name_a == name_b
-        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-4)
-    assert any(not torch.equal(pa, pa0) for (_, pa), _, pa0 in pairs)  # the step did move the weights
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-7, rtol=1e-4)
+    assert any(bool(p.grad.abs().sum() > 0) for p in a.model.parameters())  # a real gradient
 
 
 def test_train_step_takes_one_step_and_never_applies_a_non_finite_loss():
