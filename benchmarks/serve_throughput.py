@@ -12,6 +12,14 @@ clients (1, 4, 16), that many threads of the real `openai` package stream comple
 bounded by a timeout. Reported per side and count: total generated tokens/s (all clients' tokens
 over the wall time from the first request to the last token) and the p50/p95 time to first token;
 `ratio_vs_off` is batching on's tokens/s over off's, `scaling_vs_1` each count's over 1 client's.
+
+The clients share the two cores with the server, and the `openai` package spends CPU on every
+chunk it parses. `client_ceiling` measures that alone: the same clients against a stand-in server
+(`--canned`: plain asyncio, no model) that answers every request with `--tokens` ready-made chunks
+of `psyduck serve`'s exact shape at once, so its tokens/s is the most any server could show to these
+clients on this machine; `ceiling_vs_1` sets it against batching on's one client. `engine_only`
+is the other half: the server's `Batch` stepped in this process with 1, 4 and 16 jobs, no HTTP and
+no clients, at `psyduck serve`'s thread count: what the model side alone can generate.
 Prints one JSON object, its last line.
 """
 
@@ -67,6 +75,71 @@ def serve(args: argparse.Namespace) -> None:
                      max_tokens_cap=4096, batching=args.batching == "on")
     set_decode_threads(model, "cpu", None)  # the thread count `psyduck serve` uses (one, for this size)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+def canned(args: argparse.Namespace) -> None:
+    """The stand-in server (a subprocess): every POST gets --tokens chunks of /v1/completions' stream
+    shape (one token each) and [DONE], written at once; what the clients cost, with no model behind."""
+    import asyncio
+    import json
+
+    tokens = args.tokens or 128
+    chunk = {"id": "cmpl-0", "object": "text_completion", "created": 0, "model": "bench",
+             "choices": [{"text": " the", "index": 0, "logprobs": None, "finish_reason": None}]}
+    last = {**chunk, "choices": [{**chunk["choices"][0], "finish_reason": "length"}]}
+    events = [f"data: {json.dumps(chunk)}\n\n"] * (tokens - 1) + [f"data: {json.dumps(last)}\n\n", "data: [DONE]\n\n"]
+    body = "".join(f"{len(e.encode()):x}\r\n{e}\r\n" for e in events).encode() + b"0\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:  # keep-alive: one request after another on this connection
+            header = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in header.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            writer.write(head + body)
+            await writer.drain()
+
+    async def main() -> None:
+        server = await asyncio.start_server(lambda r, w: answer(r, w), "127.0.0.1", args.port)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def engine_only(preset: str, quick: bool, tokens: int) -> list[dict]:
+    """Tokens/s of the server's `Batch` alone: `clients` jobs joined at once, stepped to the end."""
+    import threading
+
+    import torch
+
+    from psyduck.cli import set_decode_threads
+    from psyduck.generate import DecodeWeights, GenerationParams
+    from psyduck.serve.batch import Batch, Job
+
+    model, tok = build(preset, quick)
+    before = torch.get_num_threads()
+    set_decode_threads(model, "cpu", None)
+    weights = DecodeWeights.build(model, exact=True)  # what `psyduck serve` batches with (serve/state.py)
+    prompt = tok.encode("the cat")
+    rows = []
+    try:
+        for clients in (1, *CLIENTS):  # the first round warms up
+            batch = Batch(model, tok, weights)
+            jobs = [Job([prompt], 1, GenerationParams(max_new_tokens=tokens, temperature=0.8, seed=i, ignore_eos=True),
+                        threading.Event()) for i in range(clients)]
+            start = time.perf_counter()
+            batch.join(*jobs)
+            while not batch.empty:
+                batch.step()
+            seconds = time.perf_counter() - start
+            total = sum(c.tokens for job in jobs for c in job.future.result())
+            rows.append({"clients": clients, "tokens": total, "seconds": round(seconds, 3),
+                         "tokens_per_s": round(total / seconds, 2)})
+    finally:
+        torch.set_num_threads(before)
+    return rows[1:]
 
 
 def free_port() -> int:
@@ -127,33 +200,41 @@ def main() -> None:
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--batching", default="on", help=argparse.SUPPRESS)
+    p.add_argument("--canned", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.preset = args.preset or ("tiny" if args.quick else "cpu-small")
     if args.serve:
-        serve(args)
+        canned(args) if args.canned else serve(args)
         return
     tokens = args.tokens or (16 if args.quick else 128)
     sides = {}
-    for batching in ("on", "off"):
+    for batching in ("on", "off", "canned"):
         port = free_port()
-        cmd = [sys.executable, __file__, "--serve", "--port", str(port), "--batching", batching, "--preset", args.preset]
-        proc = subprocess.Popen(cmd + (["--quick"] if args.quick else []))
+        cmd = [sys.executable, __file__, "--serve", "--port", str(port), "--batching", batching, "--preset", args.preset,
+               "--tokens", str(tokens)]
+        proc = subprocess.Popen(cmd + (["--quick"] if args.quick else []) + (["--canned"] if batching == "canned" else []))
         try:
             wait_up(port, proc)
             sides[batching] = [measure(port, n, tokens, args.timeout) for n in CLIENTS]
         finally:
             proc.terminate()
             proc.wait(30)
-    on, off = sides["on"], sides["off"]
+    on, off, ceiling = sides["on"], sides["off"], sides["canned"]
     for row, other in zip(on, off, strict=True):
         row["ratio_vs_off"] = round(row["tokens_per_s"] / other["tokens_per_s"], 2)
     for side in (on, off):
         for row in side:
             row["scaling_vs_1"] = round(row["tokens_per_s"] / side[0]["tokens_per_s"], 2)
+    for row in ceiling:
+        row["ceiling_vs_1"] = round(row["tokens_per_s"] / on[0]["tokens_per_s"], 2)
+    alone = engine_only(args.preset, args.quick, tokens)
+    for row in alone:
+        row["scaling_vs_1"] = round(row["tokens_per_s"] / alone[0]["tokens_per_s"], 2)
     import torch
 
     emit({"benchmark": "serve_throughput", "preset": args.preset, "tokens_per_client": tokens,
-          "batching_on": on, "batching_off": off, "machine": machine(torch.device("cpu"))})
+          "batching_on": on, "batching_off": off,
+          "client_ceiling": ceiling, "engine_only": alone, "machine": machine(torch.device("cpu"))})
 
 
 if __name__ == "__main__":

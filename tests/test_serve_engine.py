@@ -357,3 +357,19 @@ def test_concurrent_greedy_requests_get_what_they_get_alone(engine_url):
     with ThreadPoolExecutor(len(prompts)) as pool:
         together = list(pool.map(ask, range(len(prompts))))
     assert together == alone
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_batching_server_decodes_with_float32_copies_and_one_at_a_time_with_float16(loaded, batching):
+    """Batched steps multiply many rows, where float32 wins (float16's CPU kernels pay only for one
+    row of a large matrix): the batching server builds exact weights, --batching off float16 ones."""
+    from psyduck import GPT, ModelConfig
+    from psyduck.generate.decode_weights import HalfLinear
+    from psyduck.serve.state import ServeState
+
+    _, tok = loaded
+    torch.manual_seed(0)
+    wide = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=32, d_model=256, n_layer=1, n_head=4, dropout=0.0)).eval()
+    state = ServeState(model=wide, tok=tok, name="m", batching=batching)
+    halves = [m for m in state.weights.net.modules() if isinstance(m, HalfLinear)]
+    assert state.weights.exact is batching and bool(halves) is not batching and state.weights.half is not batching

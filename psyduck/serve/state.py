@@ -56,7 +56,9 @@ class ServeState:
         self.slots = Slots(self.max_concurrency, self.max_queue)
         self.token_chars = longest_token(self.tok)
         if isinstance(self.model, torch.nn.Module):  # a test's stand-in model never generates
-            self.weights = DecodeWeights.build(self.model)
+            # batching multiplies many rows at once, where float32 wins: float16's CPU kernels pay
+            # only for one row of a large matrix, and lose 3-7x at 16 rows (docs/performance.md)
+            self.weights = DecodeWeights.build(self.model, exact=self.batching)
 
     @property
     def run_name(self) -> str | None:
