@@ -1,6 +1,6 @@
 """A GPT, readable top to bottom.
 
-(One file of ~440 lines on purpose, as nanoGPT's model.py is one: a reader follows a token from
+(One file of ~450 lines on purpose, as nanoGPT's model.py is one: a reader follows a token from
 embedding to logits without leaving it.)
 
 A GPT turns a sequence of token ids into, at every position, a guess (a probability distribution)
@@ -20,14 +20,12 @@ forward pass asks again which variant it is):
 - norm: LayerNorm or RMSNorm (https://arxiv.org/abs/1910.07467), always *pre*-norm (GPT-2 style);
 - FFN activation: ReLU (the seed), GELU (GPT-2), SwiGLU (https://arxiv.org/abs/2002.05202; Llama),
   or ReLU² (Primer, https://arxiv.org/abs/2109.08668; modded-nanogpt, nanochat);
-- grouped-query attention (https://arxiv.org/abs/2305.13245): n_kv_head key/value heads shared by
-  groups of query heads;
+- grouped-query attention (https://arxiv.org/abs/2305.13245): n_kv_head key/value heads, shared;
 - QK-norm: each head's queries and keys RMS-normalized before RoPE and the scores (as in
   modded-nanogpt and nanochat), so no score can grow without bound as the weights do;
 - logit soft-capping (Gemma 2, https://arxiv.org/abs/2408.00118; modded-nanogpt): the logits pass
   through cap * tanh(logits / cap), in training, evaluation and generation alike (`GPT.logits`);
 - tied or untied input/output embeddings, biases on or off (the output layer's on its own), dropout.
-
 Attention comes in two forms with the *same weights*: `Attention`, one head with an explicit
 lower-triangular mask as the seed's notes teach it, run head by head (the teaching path), and the
 fused path in `MultiHeadAttention` (one matrix multiply for q, k and v of all heads, then PyTorch's
@@ -62,33 +60,27 @@ if TYPE_CHECKING:  # generation's KV cache (psyduck/generate/cache.py), which th
 # ---------------------------------------------------------------------------------------------
 
 class _ReLUSquaredFn(torch.autograd.Function):
-    """relu(x)² with its gradient written out, 2·relu(x)·g: one product, where autograd's
-    `relu(x).square()` runs pow's and relu's backward (~15% of a cpu-small step, measured)."""
-
     @staticmethod
     def forward(ctx, x):  # noqa: ANN001
-        r = F.relu(x)
-        ctx.save_for_backward(r)
+        ctx.save_for_backward(r := F.relu(x))
         return r * r
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
-        (r,) = ctx.saved_tensors
-        return grad * r * 2.0
+        return grad * ctx.saved_tensors[0] * 2.0
 
 
 class ReLUSquared(nn.Module):
-    """relu(x)², found by Primer's search (https://arxiv.org/abs/2109.08668): ReLU's zeros with a
-    gradient that grows from 0 instead of jumping to 1 (modded-nanogpt, nanochat: non-gated)."""
+    """relu(x)², found by Primer's search (https://arxiv.org/abs/2109.08668): ReLU's zeros with a gradient
+    that grows from 0 instead of jumping to 1 (modded-nanogpt, nanochat: non-gated). Its gradient,
+    2·relu(x)·g, is written out: autograd's relu(x).square() took ~15% of a cpu-small step."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _ReLUSquaredFn.apply(x)
 
 
 # model.activation -> the non-linearity of the plain (non-gated) FFN
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "relu": nn.ReLU, "gelu": partial(nn.GELU, approximate="tanh"), "relu2": ReLUSquared,
-}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": partial(nn.GELU, approximate="tanh"), "relu2": ReLUSquared}
 
 
 class FFN(nn.Module):
