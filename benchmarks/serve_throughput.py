@@ -92,16 +92,19 @@ def canned(args: argparse.Namespace) -> None:
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:  # keep-alive: one request after another on this connection
-            header = await reader.readuntil(b"\r\n\r\n")
-            length = next((int(line.split(b":")[1]) for line in header.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
-            await reader.readexactly(length)
-            writer.write(head + body)
-            await writer.drain()
+        try:
+            while True:  # keep-alive: one request after another on this connection
+                header = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in header.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                writer.write(head + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):  # the client closed the connection
+            writer.close()
 
     async def main() -> None:
-        server = await asyncio.start_server(lambda r, w: answer(r, w), "127.0.0.1", args.port)
+        server = await asyncio.start_server(answer, "127.0.0.1", args.port)
         async with server:
             await server.serve_forever()
 
