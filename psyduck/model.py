@@ -1,7 +1,6 @@
 """A GPT, readable top to bottom.
 
-(One file of ~450 lines on purpose, as nanoGPT's model.py is one: a reader follows a token from
-embedding to logits without leaving it.)
+(One file on purpose, as nanoGPT's model.py is one: a reader follows a token from embedding to logits.)
 
 A GPT turns a sequence of token ids into, at every position, a guess (a probability distribution)
 for the token that comes next. It is a stack of identical blocks over a "residual stream": a vector
@@ -26,6 +25,7 @@ forward pass asks again which variant it is):
 - logit soft-capping (Gemma 2, https://arxiv.org/abs/2408.00118; modded-nanogpt): the logits pass
   through cap * tanh(logits / cap), in training, evaluation and generation alike (`GPT.logits`);
 - tied or untied input/output embeddings, biases on or off (the output layer's on its own), dropout.
+
 Attention comes in two forms with the *same weights*: `Attention`, one head with an explicit
 lower-triangular mask as the seed's notes teach it, run head by head (the teaching path), and the
 fused path in `MultiHeadAttention` (one matrix multiply for q, k and v of all heads, then PyTorch's
@@ -79,8 +79,8 @@ class ReLUSquared(nn.Module):
         return _ReLUSquaredFn.apply(x)
 
 
-# model.activation -> the non-linearity of the plain (non-gated) FFN
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": partial(nn.GELU, approximate="tanh"), "relu2": ReLUSquared}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {  # model.activation -> the plain (non-gated) FFN's non-linearity
+    "relu": nn.ReLU, "gelu": partial(nn.GELU, approximate="tanh"), "relu2": ReLUSquared}
 
 
 class FFN(nn.Module):
