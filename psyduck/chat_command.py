@@ -31,6 +31,7 @@ HELP = "commands: /reset clears the conversation, /exit (or Ctrl-D) leaves, Ctrl
 def cmd_finetune(args: argparse.Namespace) -> None:
     import json
 
+    from psyduck.hardware import keep_freed_memory
     from psyduck.train.finetune import finetune
 
     out = args.out or f"runs/{Path(args.run).name}-chat"
@@ -40,6 +41,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         if getattr(args, "max_seconds", None) is not None:
             raise PsyDuckError("--minutes and --max-seconds both set the time budget; give only one of them")
         flags.append(f"train.max_seconds={args.minutes * 60.0}")
+    keep_freed_memory()  # as `train`: this process only trains
     result = finetune(
         args.run, args.chat, out, [*flags, *args.overrides], resume=args.resume, progress=not args.no_progress,
         max_conversations=args.max_conversations,

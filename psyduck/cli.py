@@ -134,11 +134,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; the exit status is 130 or 143 when Ctrl-C or SIGTERM stopped the run (after saving)."""
     from psyduck.data.loader import TokenData
+    from psyduck.hardware import keep_freed_memory
     from psyduck.train import train
     from psyduck.train.signals import exit_status
 
     cfg = build_config(args)
     TokenData(cfg.data.path, prepare=cfg.data.prepare_command())  # no data: one line naming the command that makes it
+    keep_freed_memory()  # this process only trains: no page faults for memory the last step freed
     result = train(
         cfg, args.out, resume=args.resume, from_scratch=args.resume_from_scratch, init_from=args.init_from,
         progress=not args.no_progress,
