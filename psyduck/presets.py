@@ -49,7 +49,9 @@ def cpu_small() -> Config:
     embeddings (exports exactly to transformers' and llama.cpp's Arcee); a BPE-8192 trained on the
     corpus; Muon for the blocks' matrices, AdamW at 6e-3 for the rest; batch 16 x 128; cosine after
     a 1% warmup (a 6% one lost at every time of a 10-minute race). Train it by the clock
-    (`--minutes`): max_iters only draws the schedule's shape (3,000 steps: ~10 minutes here).
+    (`--minutes`): max_iters only draws the schedule's shape (3,000 steps: ~10 minutes here), and
+    its 10 evaluations (every 300 steps' share; each ~3 s with its sample and checkpoint) count on
+    the clock, so they are kept few: 20 took a fifth of a 5-minute demo.
     """
     return Config(
         model=ModelConfig(
@@ -60,7 +62,7 @@ def cpu_small() -> Config:
         train=TrainConfig(
             batch_size=16, max_iters=3000, lr=6e-3, min_lr=1e-4, schedule="cosine", warmup_iters=30,
             optimizer="muon", muon_lr=0.02, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-            eval_interval=150, eval_iters=10,
+            eval_interval=300, eval_iters=10,
         ),
     )
 
