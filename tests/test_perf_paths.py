@@ -7,7 +7,7 @@
 - the model's training call `model(x, y, loss=FusedLoss())` gives the loss and parameter
   gradients of the full-logits call; a `FusedLoss` reuses its own block memory;
 - `hardware.keep_freed_memory` (what `train` and `finetune` set) keeps memory freed between steps
-  mapped: no page faults when the same tensors come back.
+  mapped: a cpu-small step then takes a fraction of the page faults it takes by default.
 """
 
 from __future__ import annotations
