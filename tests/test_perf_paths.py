@@ -243,11 +243,12 @@ def step():
     model(x, x, loss=loss)[1].backward()
     opt.step()
     opt.zero_grad()
-step(), step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(3):  # the first steps map Adam's state and the heap's working size
     step()
-print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(8):  # a sum over eight: glibc's own threshold moves, and one step may fault little or much
+    step()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
@@ -262,5 +263,5 @@ def test_keeping_freed_memory_spares_the_next_step_its_page_faults():
     if kept != "True":
         pytest.skip("this C library has no glibc mallopt")
     _, default = faults("default")
-    assert default > 1000  # glibc gave freed memory back: each cpu-small step mapped megabytes again
+    assert default > 4000  # glibc gave freed memory back: cpu-small's steps mapped megabytes again
     assert keep * 4 < default
