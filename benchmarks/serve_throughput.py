@@ -79,7 +79,7 @@ def serve(args: argparse.Namespace) -> None:
 
 def canned(args: argparse.Namespace) -> None:
     """The stand-in server (a subprocess): every POST gets --tokens chunks of /v1/completions' stream
-    shape (one token each) and [DONE], written at once; what the clients cost, with no model behind."""
+    shape (one token each), the usage chunk and [DONE], written at once; what the clients cost, with no model behind."""
     import asyncio
     import json
 
@@ -87,7 +87,8 @@ def canned(args: argparse.Namespace) -> None:
     chunk = {"id": "cmpl-0", "object": "text_completion", "created": 0, "model": "bench",
              "choices": [{"text": " the", "index": 0, "logprobs": None, "finish_reason": None}]}
     last = {**chunk, "choices": [{**chunk["choices"][0], "finish_reason": "length"}]}
-    events = [f"data: {json.dumps(chunk)}\n\n"] * (tokens - 1) + [f"data: {json.dumps(last)}\n\n", "data: [DONE]\n\n"]
+    usage = {**chunk, "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": tokens, "total_tokens": tokens + 2}}
+    events = [f"data: {json.dumps(e)}\n\n" for e in [chunk] * (tokens - 1) + [last, usage]] + ["data: [DONE]\n\n"]
     body = "".join(f"{len(e.encode()):x}\r\n{e}\r\n" for e in events).encode() + b"0\r\n\r\n"
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -172,10 +173,12 @@ def one_client(base_url: str, seed: int, tokens: int, timeout: float) -> tuple[f
     t0 = time.perf_counter()
     first, count = None, 0
     for chunk in client.completions.create(model="bench", prompt="the cat", max_tokens=tokens, temperature=0.8,
-                                           seed=seed, stream=True, extra_body={"ignore_eos": True}):
+                                           seed=seed, stream=True, stream_options={"include_usage": True},
+                                           extra_body={"ignore_eos": True}):
         if chunk.choices:
-            count += 1
             first = first if first is not None else time.perf_counter() - t0
+        if chunk.usage is not None:  # a busy server sends several tokens in one chunk: the last one counts them
+            count = chunk.usage.completion_tokens
     return first or 0.0, count, time.perf_counter()
 
 
