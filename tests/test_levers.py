@@ -190,11 +190,13 @@ def test_muon_steps_are_the_orthogonalized_momentum_and_adamw_steps_the_rest():
             torch.testing.assert_close(delta, -1e-3 * grads["tok_emb.weight"].sign(), rtol=1e-3, atol=1e-9)
 
 
-def test_float32_muon_is_torchs_muon_up_to_bfloat16_rounding():
+@pytest.mark.parametrize("adjust", [None, "match_rms_adamw"])
+def test_float32_muon_is_torchs_muon_up_to_bfloat16_rounding(adjust):
     g = torch.Generator().manual_seed(2)
     w, grads = torch.randn(48, 16, generator=g), [torch.randn(48, 16, generator=g) for _ in range(3)]
     ours, theirs = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
-    opts = [Float32Muon([ours], lr=0.02, weight_decay=0.1), torch.optim.Muon([theirs], lr=0.02, weight_decay=0.1)]
+    opts = [Float32Muon([ours], lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust),
+            torch.optim.Muon([theirs], lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust)]
     for grad in grads:
         for p, opt in zip((ours, theirs), opts, strict=True):
             p.grad = grad.clone()

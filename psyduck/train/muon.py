@@ -76,9 +76,11 @@ class Float32Muon(torch.optim.Muon):
                 for _ in range(group["ns_steps"]):
                     gram = x @ x.T
                     x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-                rows, cols = p.shape[:2]
+                rows, cols = p.shape[:2]  # torch's two rate adjustments (`adjust_lr_fn`), as its Muon has them
+                match_adamw = group["adjust_lr_fn"] == "match_rms_adamw"
+                scale = 0.2 * max(rows, cols) ** 0.5 if match_adamw else max(1.0, rows / cols) ** 0.5
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_((x.T if tall else x).to(p.dtype), alpha=-group["lr"] * max(1.0, rows / cols) ** 0.5)
+                p.add_((x.T if tall else x).to(p.dtype), alpha=-group["lr"] * scale)
 
 
 class MuonAdamW:
