@@ -12,6 +12,9 @@ clients (1, 4, 16), that many threads of the real `openai` package stream comple
 bounded by a timeout. Reported per side and count: total generated tokens/s (all clients' tokens
 over the wall time from the first request to the last token) and the p50/p95 time to first token;
 `ratio_vs_off` is batching on's tokens/s over off's, `scaling_vs_1` each count's over 1 client's.
+Both servers stream with `--stream-interval` (default: `psyduck serve`'s; 0 sends one event per
+token). Each round's clients are made, connected and warmed up before its clock starts, then
+released together; each count runs `--rounds` rounds (default 3) and reports the median one.
 
 The clients share the two cores with the server, and the `openai` package spends CPU on every
 chunk it parses. `client_ceiling` measures that alone: the same clients against a stand-in server
@@ -30,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,7 +76,7 @@ def serve(args: argparse.Namespace) -> None:
 
     model, tok = build(args.preset, args.quick)
     app = create_app(model=model, tokenizer=tok, model_name="bench", max_concurrency=16, max_queue=16,
-                     max_tokens_cap=4096, batching=args.batching == "on")
+                     max_tokens_cap=4096, batching=args.batching == "on", stream_interval=args.stream_interval)
     set_decode_threads(model, "cpu", None)  # the thread count `psyduck serve` uses (one, for this size)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
@@ -165,11 +169,10 @@ def wait_up(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise SystemExit("the server did not start")
 
 
-def one_client(base_url: str, seed: int, tokens: int, timeout: float) -> tuple[float, int, float]:
-    """(time to first token, tokens received, end time) of one streamed completion."""
-    import openai
-
-    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=timeout)
+def one_client(client, seed: int, tokens: int, start: threading.Barrier) -> tuple[float, int, float]:
+    """(time to first token, tokens received, end time) of one streamed completion, begun when
+    every client of the round is ready (`start`)."""
+    start.wait()
     t0 = time.perf_counter()
     first, count = None, 0
     for chunk in client.completions.create(model="bench", prompt="the cat", max_tokens=tokens, temperature=0.8,
@@ -183,18 +186,34 @@ def one_client(base_url: str, seed: int, tokens: int, timeout: float) -> tuple[f
 
 
 def measure(port: int, clients: int, tokens: int, timeout: float) -> dict:
-    base_url = f"http://127.0.0.1:{port}/v1"
-    one_client(base_url, 0, 2, timeout)  # warm up (the engine thread, the first allocations)
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda i: one_client(base_url, i, tokens, timeout), range(clients)))
+    """`clients` streams at once. Each client (an `openai.OpenAI`, its connection open) is made and
+    warmed up before the clock starts, as a deployed client would be: made inside the round, 16 of
+    them took the two cores ~0.65 s, landing on the round's first steps and staggering its starts."""
+    import openai
+
+    pool = [openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=timeout)
+            for _ in range(clients)]
+    for client in pool:  # warm up: the connection, the engine thread, the first allocations
+        client.completions.create(model="bench", prompt="the cat", max_tokens=2)
+    start = threading.Barrier(clients + 1)
+    with ThreadPoolExecutor(clients) as threads:
+        running = [threads.submit(one_client, client, i, tokens, start) for i, client in enumerate(pool)]
+        start.wait()
+        begin = time.perf_counter()
+        results = [r.result() for r in running]
     end = max(r[2] for r in results)
     ttft = sorted(r[0] for r in results)
     total = sum(r[1] for r in results)
     return {
-        "clients": clients, "tokens": total, "seconds": round(end - start, 3), "tokens_per_s": round(total / (end - start), 2),
+        "clients": clients, "tokens": total, "seconds": round(end - begin, 3), "tokens_per_s": round(total / (end - begin), 2),
         "ttft_p50_s": round(statistics.median(ttft), 4), "ttft_p95_s": round(ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))], 4),
     }
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round of median tokens/s, with every round's tokens/s beside it (this host moves)."""
+    ordered = sorted(rounds, key=lambda r: r["tokens_per_s"])
+    return {**ordered[len(ordered) // 2], "rounds_tokens_per_s": [r["tokens_per_s"] for r in rounds]}
 
 
 def main() -> None:
@@ -203,12 +222,19 @@ def main() -> None:
     p.add_argument("--preset", default=None, help="model shape (default cpu-small; tiny with --quick)")
     p.add_argument("--tokens", type=int, default=0, help="tokens per client (default 128; 16 with --quick)")
     p.add_argument("--timeout", type=float, default=600, help="seconds one client may take")
+    p.add_argument("--stream-interval", type=float, default=None, metavar="SECONDS",
+                   help="the servers' --stream-interval (default: psyduck serve's)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per count of clients; the median one is reported (default 3)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--batching", default="on", help=argparse.SUPPRESS)
     p.add_argument("--canned", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.preset = args.preset or ("tiny" if args.quick else "cpu-small")
+    if args.stream_interval is None:
+        from psyduck.serve.pacing import STREAM_INTERVAL
+
+        args.stream_interval = STREAM_INTERVAL
     if args.serve:
         canned(args) if args.canned else serve(args)
         return
@@ -217,11 +243,12 @@ def main() -> None:
     for batching in ("on", "off", "canned"):
         port = free_port()
         cmd = [sys.executable, __file__, "--serve", "--port", str(port), "--batching", batching, "--preset", args.preset,
-               "--tokens", str(tokens)]
+               "--tokens", str(tokens), "--stream-interval", str(args.stream_interval)]
         proc = subprocess.Popen(cmd + (["--quick"] if args.quick else []) + (["--canned"] if batching == "canned" else []))
         try:
             wait_up(port, proc)
-            sides[batching] = [measure(port, n, tokens, args.timeout) for n in CLIENTS]
+            sides[batching] = [median_round([measure(port, n, tokens, args.timeout) for _ in range(args.rounds)])
+                               for n in CLIENTS]
         finally:
             proc.terminate()
             proc.wait(30)
@@ -239,6 +266,7 @@ def main() -> None:
     import torch
 
     emit({"benchmark": "serve_throughput", "preset": args.preset, "tokens_per_client": tokens,
+          "stream_interval_s": args.stream_interval,
           "batching_on": on, "batching_off": off,
           "client_ceiling": ceiling, "engine_only": alone, "machine": machine(torch.device("cpu"))})
 

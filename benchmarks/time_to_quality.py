@@ -47,7 +47,9 @@ data/bench-bpe<N>. Method:
   own-clock time its curve reaches it (linear interpolation between evaluations).
   ratio = cpu-small's time to target / the seed recipe's. final_ratio = cpu-small's final bits per
   byte / the seed recipe's.
-Outputs: every side's curve and final bits per byte on stderr and in the JSON, and a PNG (`--png`, default runs/time_to_quality.png).
+Outputs: every side's curve (own-clock seconds, step, val bits per byte, and its training loss:
+the mean of its last 20 steps, in nats per token, so overfitting shows) and final bits per byte
+on stderr and in the JSON, and a PNG (`--png`, default runs/time_to_quality.png).
 """
 
 from __future__ import annotations
@@ -200,7 +202,7 @@ def race(sides: dict, held: dict, budget: float, device, autocast, quick: bool =
         row = {"time_s": clock[k], "step": s.step, "bpb": bpb,
                "train_loss": sum(window) / len(window) if window else None, "eval_s": time.perf_counter() - t0}
         curves[k].append(row)
-        print(f"[time_to_quality] {k:10s} t={clock[k]:7.1f}s step {s.step:5d} val bpb {bpb:.4f}", file=sys.stderr, flush=True)
+        print(f"[time_to_quality] {k:10s} t={clock[k]:7.1f}s step {s.step:5d} val bpb {bpb:.4f} train loss {row['train_loss'] or float('nan'):.3f}", file=sys.stderr, flush=True)
 
     while True:
         for k in sides:  # an evaluation that is due (one, however many due times a long step passed)
@@ -374,7 +376,8 @@ def side_summary(side: SeedRecipe | CpuSmall | NanoGPTRecipe, rows: list[dict], 
         "final_bpb": rows[-1]["bpb"],
         "best_bpb": min(r["bpb"] for r in rows),
         "time_to_target_s": first_time_at_or_below(rows, target) if target is not None else None,
-        "curve": [[round(r["time_s"], 1), r["step"], r["bpb"]] for r in rows],
+        "curve_columns": ["time_s", "step", "val_bpb", "train_loss_nats"],  # train: the mean of the last 20 steps
+        "curve": [[round(r["time_s"], 1), r["step"], r["bpb"], rounded(r["train_loss"])] for r in rows],
     }
 
 

@@ -164,9 +164,9 @@ def test_openai_stream_is_well_formed(client, base_url):
     )
     chunks = list(stream)
     content = [c for c in chunks if c.choices]
-    assert len(content) == 10, "one event per token"
+    assert 2 <= len(content) <= 10  # the first token at once, then up to --stream-interval's worth each (test_serve_pacing.py)
     assert len({c.id for c in chunks}) == 1 and all(c.object == "text_completion" for c in chunks)
-    assert [c.choices[0].finish_reason for c in content] == [None] * 9 + ["length"]
+    assert [c.choices[0].finish_reason for c in content] == [None] * (len(content) - 1) + ["length"]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
 
     # the same request, raw: server-sent events ending with [DONE]
@@ -227,7 +227,8 @@ def test_twenty_concurrent_streams_all_complete(client, base_url):
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(one, range(20)))
-    assert results == [(24, 24, "length")] * 20
+    assert all(1 <= events <= 24 for events, _, _ in results)  # tokens merged over --stream-interval
+    assert [(usage, finish) for _, usage, finish in results] == [(24, "length")] * 20
     wait_idle(base_url)
 
 

@@ -8,7 +8,8 @@ step), rowcache.py (`RowCache`: a KV cache whose rows have their own lengths), e
 engine thread that runs the batch, `run_alone` for `--batching off`, and `Slots`, the admission
 control). The HTTP side: app.py (`create_app`, the wiring), state.py (what the handlers share),
 access.py (API key, model name), routes.py (models, health, tokenizer, pages), completions.py and
-chat_api.py (the two generating routes, sharing generation.py), logprobs.py (OpenAI's two logprob
+chat_api.py (the two generating routes, sharing generation.py; pacing.py merges a stream's
+deltas over `--stream-interval`), logprobs.py (OpenAI's two logprob
 shapes), schemas.py (the bodies), errors.py (OpenAI's error shape), openapi.py (the schema),
 limits.py (the body-size limit) and prompts.py (prompts to ids, within the limits); command.py is
 the CLI, static/index.html the page (completion, chat, loss curves). FastAPI and uvicorn are

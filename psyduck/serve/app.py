@@ -32,6 +32,7 @@ from fastapi import FastAPI
 from psyduck.serve.errors import add_error_handlers
 from psyduck.serve.limits import BodyLimit
 from psyduck.serve.openapi import ServeApp
+from psyduck.serve.pacing import STREAM_INTERVAL
 from psyduck.serve.routes import router
 from psyduck.serve.state import load_state
 from psyduck.tokenizer import Tokenizer
@@ -59,6 +60,7 @@ def create_app(
     max_queue: int = 16,
     max_body_mb: float = 8.0,
     batching: bool = True,
+    stream_interval: float = STREAM_INTERVAL,
 ) -> FastAPI:
     """The app serving a run folder (loaded here), or an already-loaded `model` and `tokenizer`.
 
@@ -67,11 +69,13 @@ def create_app(
     A request body over `max_body_mb` megabytes (10^6 bytes) is refused with 413 before it is read.
     `batching`: one engine thread runs every request in one batch (False: a thread per request).
     `max_concurrency` defaults to 16 with batching, 4 without (state.py's `default_concurrency`).
+    `stream_interval`: a stream's tokens of at most that many seconds go out as one event (pacing.py).
     """
     state = load_state(
         run_dir, model=model, tokenizer=tokenizer, model_name=model_name, checkpoint=checkpoint, device=device,
         api_key=api_key, max_tokens_cap=max_tokens_cap, max_prompt_tokens=max_prompt_tokens,
         max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb, batching=batching,
+        stream_interval=stream_interval,
     )
 
     app = ServeApp(

@@ -99,7 +99,7 @@ async def chat_completions(body: ChatRequest, request: Request, state: State) ->
              "finish_reason": c.finish_reason} for c in choices
         ]})
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    job, queue = streamed_job([prompt], n, params, top)
+    job, queue = streamed_job([prompt], n, params, top, interval=state.stream_interval)
     try:
         await start(request, state, job)
     except ClientGone:

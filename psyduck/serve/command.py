@@ -9,6 +9,7 @@ import sys
 
 from psyduck.cli import THREADS_HELP
 from psyduck.errors import PsyDuckError
+from psyduck.serve.pacing import STREAM_INTERVAL
 
 
 def register(subparsers) -> None:
@@ -32,6 +33,9 @@ def register(subparsers) -> None:
                    help="largest request body in megabytes; larger ones get 413 before they are read (default 8)")
     s.add_argument("--batching", choices=("on", "off"), default="on",
                    help="on: one forward pass per step for all requests (continuous batching); off: a thread per request")
+    s.add_argument("--stream-interval", type=float, default=STREAM_INTERVAL, metavar="SECONDS",
+                   help=f"send a stream's tokens of up to this many seconds as one event: fewer, longer events cost "
+                        f"the server and its clients less under load (default {STREAM_INTERVAL}; 0: one event per token)")
     s.add_argument("--model-name", help="the model id clients use (default: the run folder's name)")
     s.add_argument("--checkpoint", help="a checkpoint folder, or 'best' (default: the newest)")
     s.add_argument("--device", default="auto")
@@ -58,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.run, model_name=args.model_name, checkpoint=args.checkpoint, device=str(device),
         api_key=args.api_key, max_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens,
         max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
-        batching=args.batching == "on",
+        batching=args.batching == "on", stream_interval=args.stream_interval,
     )
     set_decode_threads(app.state.psyduck.model, device, args.threads)  # per generation: its own thread team
     sock = listen(args.host, args.port)

@@ -110,7 +110,7 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
         choices = await run_whole(request, state, job)
         return gone() if choices is None else JSONResponse(reply.whole(choices, job))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    job, queue = streamed_job(prompts, n, params, body.logprobs, score_prompts=bool(body.echo))
+    job, queue = streamed_job(prompts, n, params, body.logprobs, score_prompts=bool(body.echo), interval=state.stream_interval)
     try:
         await start(request, state, job)
     except ClientGone:

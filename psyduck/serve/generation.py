@@ -23,6 +23,7 @@ from psyduck.generate import GenerationParams
 from psyduck.serve.batch import Choice, Delta, Job
 from psyduck.serve.engine import ClientGone, Overloaded
 from psyduck.serve.errors import ApiError, error_body
+from psyduck.serve.pacing import Paced
 from psyduck.serve.state import ServeState
 
 
@@ -99,13 +100,15 @@ async def finish_whole(request: Request, job: Job) -> list[Choice] | None:
 
 def streamed_job(
     prompts: list[list[int]], n: int, params: GenerationParams, logprobs: int | None, score_prompts: bool = False,
+    interval: float = 0.0,
 ) -> tuple[Job, asyncio.Queue]:
-    """A job whose deltas (lists of `Delta`), then its finished Future, arrive on the returned queue."""
+    """A job whose deltas (lists of `Delta`, merged over at most `interval` seconds: pacing.py), then
+    its finished Future, arrive on the returned queue."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    job = Job(prompts, n, params, threading.Event(), lambda deltas: threadsafe(loop, queue.put_nowait, deltas), logprobs,
-              score_prompts)
-    job.future.add_done_callback(lambda f: threadsafe(loop, queue.put_nowait, f))
+    paced = Paced(lambda item: threadsafe(loop, queue.put_nowait, item), interval)
+    job = Job(prompts, n, params, threading.Event(), paced.push, logprobs, score_prompts)
+    job.future.add_done_callback(paced.close)
     return job, queue
 
 

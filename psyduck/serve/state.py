@@ -22,6 +22,7 @@ from psyduck.generate import DecodeWeights
 from psyduck.runs import nonfinite_weights
 from psyduck.serve.batch import Job
 from psyduck.serve.engine import Engine, Slots, run_alone
+from psyduck.serve.pacing import STREAM_INTERVAL
 from psyduck.tokenizer import Tokenizer
 
 PAGE = Path(__file__).with_name("static") / "index.html"  # the playground and loss curves, one page
@@ -44,6 +45,7 @@ class ServeState:
     max_body_bytes: int = 8 * 10**6  # larger request bodies are refused before they are read (limits.py)
     batching: bool = True  # one engine thread batching every request (False: a thread per request)
     template: ChatTemplate = field(default_factory=plain_template)  # how /v1/chat/completions writes messages
+    stream_interval: float = STREAM_INTERVAL  # seconds of a stream's tokens sent as one event (pacing.py)
     slots: Slots = field(init=False)
     cancels: set[threading.Event] = field(init=False, default_factory=set)  # of generations in flight
     created: int = field(init=False, default_factory=lambda: int(time.time()))
@@ -116,7 +118,7 @@ def load_state(
     run_dir: str | Path | None, *, model: Any = None, tokenizer: Tokenizer | None = None, model_name: str | None = None,
     checkpoint: str | None = None, device: str = "cpu", api_key: str | None = None, max_tokens_cap: int = 512,
     max_prompt_tokens: int | None = None, max_concurrency: int | None = None, max_queue: int = 16,
-    max_body_mb: float = 8.0, batching: bool = True,
+    max_body_mb: float = 8.0, batching: bool = True, stream_interval: float = STREAM_INTERVAL,
 ) -> ServeState:
     """Check the limits (one-line errors), load the run unless a model is given, name the model.
     `max_concurrency` None: `default_concurrency(batching)`."""
@@ -129,6 +131,8 @@ def load_state(
             raise PsyDuckError(f"{key.replace('_', '-')} must be an integer >= {low}, got {value!r}")
     if isinstance(max_body_mb, bool) or not isinstance(max_body_mb, (int, float)) or not 0 < max_body_mb < 10**6:
         raise PsyDuckError(f"max-body-mb must be a number of megabytes above 0 (e.g. 8), got {max_body_mb!r}")
+    if isinstance(stream_interval, bool) or not isinstance(stream_interval, (int, float)) or not 0 <= stream_interval <= 10:
+        raise PsyDuckError(f"stream-interval must be a number of seconds from 0 to 10 (e.g. 0.05), got {stream_interval!r}")
     if api_key is not None and not api_key.strip():
         raise PsyDuckError("--api-key is empty; give a non-empty key or leave the option out")
     run = Path(run_dir) if run_dir is not None else None
@@ -148,4 +152,5 @@ def load_state(
         model, tokenizer, model_name or (run.resolve().name if run is not None else "psyduck"), run, api_key,
         max_tokens_cap, max_prompt_tokens or model.config.block_size, max_concurrency, max_queue,
         PAGE.read_text(encoding="utf-8"), max(1, int(max_body_mb * 10**6)), batching, load_template(run),
+        float(stream_interval),
     )
