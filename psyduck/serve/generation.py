@@ -100,7 +100,7 @@ async def finish_whole(request: Request, job: Job) -> list[Choice] | None:
 
 def streamed_job(
     prompts: list[list[int]], n: int, params: GenerationParams, logprobs: int | None, score_prompts: bool = False,
-    interval: float = 0.0,
+    *, interval: float,
 ) -> tuple[Job, asyncio.Queue]:
     """A job whose deltas (lists of `Delta`, merged over at most `interval` seconds: pacing.py), then
     its finished Future, arrive on the returned queue."""
