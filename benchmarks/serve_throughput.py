@@ -14,7 +14,9 @@ over the wall time from the first request to the last token) and the p50/p95 tim
 `ratio_vs_off` is batching on's tokens/s over off's, `scaling_vs_1` each count's over 1 client's.
 Both servers stream with `--stream-interval` (default: `psyduck serve`'s; 0 sends one event per
 token). Each round's clients are made, connected and warmed up before its clock starts, then
-released together; each count runs `--rounds` rounds (default 3) and reports the median one.
+released together; the counts take turns, `--rounds` times (default 5), and each reports its
+median round; `scaling_vs_1_paired` is the median of each round's tokens/s over the 1-client round
+just before it (a round lasts about a second: pairing takes the host's slow spells out).
 
 The clients share the two cores with the server, and the `openai` package spends CPU on every
 chunk it parses. `client_ceiling` measures that alone: the same clients against a stand-in server
@@ -224,7 +226,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=600, help="seconds one client may take")
     p.add_argument("--stream-interval", type=float, default=None, metavar="SECONDS",
                    help="the servers' --stream-interval (default: psyduck serve's)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds per count of clients; the median one is reported (default 3)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per count of clients; the median one is reported (default 5)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--batching", default="on", help=argparse.SUPPRESS)
@@ -247,8 +249,15 @@ def main() -> None:
         proc = subprocess.Popen(cmd + (["--quick"] if args.quick else []) + (["--canned"] if batching == "canned" else []))
         try:
             wait_up(port, proc)
-            sides[batching] = [median_round([measure(port, n, tokens, args.timeout) for _ in range(args.rounds)])
-                               for n in CLIENTS]
+            rounds: dict[int, list[dict]] = {n: [] for n in CLIENTS}
+            for _ in range(args.rounds):  # the counts take turns, so a slow spell of the host falls on all
+                for n in CLIENTS:
+                    rounds[n].append(measure(port, n, tokens, args.timeout))
+            sides[batching] = [median_round(rounds[n]) for n in CLIENTS]
+            for row, n in zip(sides[batching], CLIENTS, strict=True):
+                paired = [r["tokens_per_s"] / one["tokens_per_s"] for r, one in zip(rounds[n], rounds[1], strict=True)]
+                row["scaling_vs_1_by_round"] = [round(x, 2) for x in paired]
+                row["scaling_vs_1_paired"] = round(statistics.median(paired), 2)
         finally:
             proc.terminate()
             proc.wait(30)

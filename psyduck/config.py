@@ -43,7 +43,7 @@ Schedule = Literal["constant", "cosine", "wsd"]
 LossChoice = Literal["auto", "fused", "plain"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 OnNan = Literal["stop", "skip"]
-OptimizerChoice = Literal["adamw", "muon"]
+OptimizerChoice = Literal["adamw", "muon", "normuon"]
 
 
 def _check_finite(obj: Any, section: str) -> None:
@@ -174,7 +174,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decay, applied to 2-D weights only
     beta1: float = 0.9
     beta2: float = 0.999
-    optimizer: OptimizerChoice = "adamw"  # adamw for all; muon: Muon for the blocks' matrices, AdamW for the rest
+    optimizer: OptimizerChoice = "adamw"  # adamw for all; muon: Muon for the blocks' matrices, AdamW for the rest; normuon: NorMuon there
     muon_lr: float = 0.02  # Muon's peak rate (the schedule scales it as it scales lr)
     muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
     grad_clip: float = 0.0  # clip the global gradient norm to this; 0 disables

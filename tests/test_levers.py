@@ -24,7 +24,7 @@ from psyduck.losses import soft_cap
 from psyduck.model import FFN
 from psyduck.runs import list_checkpoints
 from psyduck.train import StepSetup, Trainer, lr_at, make_optimizer, train, train_step
-from psyduck.train.muon import Float32Muon, MuonAdamW
+from psyduck.train.muon import Float32Muon, MuonAdamW, make_muon
 from psyduck.train.step import set_lr
 
 from conftest import metrics
@@ -62,7 +62,7 @@ def test_nonstandard_features_name_every_lever_an_exporter_must_refuse():
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(optimizer="sgd"), "train.optimizer='sgd' is not one of adamw, muon; pick one of them"),
+        (dict(optimizer="sgd"), "train.optimizer='sgd' is not one of adamw, muon, normuon; pick one of them"),
         (dict(muon_lr=0.0), "train.muon_lr must be positive, got 0.0"),
         (dict(muon_momentum=1.0), "train.muon_momentum must be in [0, 1), got 1.0"),
     ],
@@ -207,6 +207,42 @@ def test_float32_muon_is_torchs_muon_up_to_bfloat16_rounding(adjust):
     assert float((moved - theirs_moved).norm() / theirs_moved.norm()) < 0.04
 
 
+def normuon_reference(w: torch.Tensor, grads: list[torch.Tensor], lr: float, decay: float) -> torch.Tensor:
+    """NorMuon as the paper writes it, one matrix at a time: Nesterov momentum, orthogonalized, each
+    neuron (a row of a tall or square matrix, a column of a wide one) over the root of its running
+    mean square (beta2 0.95), rescaled to the orthogonalized norm; then Muon's decay and rate."""
+    buf, second = torch.zeros_like(w), 0.0
+    for g in grads:
+        buf = 0.95 * buf + 0.05 * g
+        o = newton_schulz(0.05 * g + 0.95 * buf)
+        rows, cols = o.shape
+        second = 0.95 * second + 0.05 * o.square().mean(dim=1 if rows >= cols else 0, keepdim=True)
+        y = o / second.sqrt()
+        y = y * o.norm() / y.norm()
+        w = w * (1 - lr * decay) - lr * max(1.0, rows / cols) ** 0.5 * y
+    return w
+
+
+def test_normuon_steps_match_the_papers_update_and_differ_from_muons():
+    g = torch.Generator().manual_seed(3)
+    shapes = [(48, 16), (48, 16), (16, 48), (16, 16)]  # two of a shape go through the iteration together
+    weights = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for _ in range(3)] for s in shapes]
+    moved = {}
+    for kind in ("normuon", "muon"):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = make_muon(params, TrainConfig(optimizer=kind, lr=1e-3, muon_lr=0.02, weight_decay=0.1))
+        for step in range(3):
+            for p, gs in zip(params, grads, strict=True):
+                p.grad = gs[step].clone()
+            opt.step()
+        moved[kind] = [p.detach() for p in params]
+    for w, gs, got, muon in zip(weights, grads, moved["normuon"], moved["muon"], strict=True):
+        want = normuon_reference(w, gs, 0.02, 0.1)
+        assert float((got - want).norm() / (want - w).norm()) < 1e-4
+        assert float((got - muon).norm() / (muon - w).norm()) > 0.01  # the per-neuron scaling changed the step (~4%)
+
+
 def test_the_schedule_sets_both_optimizers_rates():
     torch.manual_seed(0)
     cfg = small()
@@ -226,9 +262,10 @@ def test_the_schedule_sets_both_optimizers_rates():
     assert seen[0] < seen[1] and seen[1] > seen[2] > seen[3] == pytest.approx(2e-3)  # warmup, then the decay
 
 
-def test_a_run_with_every_lever_trains_and_resumes_bit_for_bit(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("optimizer", ["muon", "normuon"])
+def test_a_run_with_every_lever_trains_and_resumes_bit_for_bit(tiny_cfg, tmp_path, optimizer):
     cfg = tiny_cfg.replace({
-        "max_iters": 30, "model.dropout": 0.1, "optimizer": "muon", "model.activation": "relu2",
+        "max_iters": 30, "model.dropout": 0.1, "optimizer": optimizer, "model.activation": "relu2",
         "model.qk_norm": True, "model.logit_softcap": 15.0, "sample_tokens": 0,
     })
     train(cfg, tmp_path / "straight", progress=False)
@@ -263,3 +300,6 @@ def test_resuming_with_the_other_optimizer_is_one_line(tiny_cfg, tmp_path, capsy
     with pytest.raises(PsyDuckError, match=r"^the checkpoint's optimizer state does not fit this optimizer \(.*\); "
                                           r"resume with the train.optimizer the run was trained with \(its config.json\)$"):
         train(tiny_cfg.replace({"max_iters": 4, "eval_interval": 2}), muon_run, resume=True, progress=False)
+    with pytest.raises(PsyDuckError, match=r"\(the saved state is not a NorMuon \+ AdamW optimizer's\)"):
+        train(tiny_cfg.replace({"max_iters": 4, "eval_interval": 2, "optimizer": "normuon"}), muon_run, resume=True,
+              progress=False)

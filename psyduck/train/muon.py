@@ -15,6 +15,13 @@ and an AdamW and looks like one optimizer to the rest of PsyDuck: `step`, `zero_
 `param_groups` (Muon's first), and a `state_dict` numbered as one optimizer's, so checkpoints and
 exact resume work as they do for AdamW alone (psyduck/state_dicts.py).
 
+NorMuon (Li et al. 2025, https://arxiv.org/abs/2510.05491; in the modded-nanogpt speedruns since
+late 2025), `train.optimizer="normuon"`: an orthogonalized update still moves some neurons (the
+rows or columns along a matrix's long side) much more than others; NorMuon divides each neuron's
+share by the running root mean square of its own past shares (an Adam-like second moment, one
+number per neuron, beta2 0.95), then rescales the whole update back to its orthogonalized norm, so
+the rate means what it means for Muon.
+
 The schedule: each group carries an `lr_scale`, its peak rate over train.lr (train.muon_lr /
 train.lr for Muon's group, 1 for AdamW's), and `step.set_lr` gives it the schedule's rate times
 that, so warmup and decay shape both optimizers alike.
@@ -29,6 +36,8 @@ import torch
 
 from psyduck.config import TrainConfig
 
+NEURON_BETA2 = 0.95  # NorMuon's second-moment decay, the paper's and modded-nanogpt's
+
 
 def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The 2-D weights inside the transformer blocks (`blocks.<i>....weight`): Muon's parameters."""
@@ -39,10 +48,14 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 def make_muon(params: list[torch.nn.Parameter], t: TrainConfig) -> torch.optim.Muon:
-    """Muon at train.muon_lr and train.muon_momentum: torch's on a GPU, `Float32Muon` on a CPU.
+    """Muon at train.muon_lr and train.muon_momentum: torch's on a GPU, `Float32Muon` on a CPU (and
+    for NorMuon everywhere).
     train.weight_decay is decoupled as in AdamW (each step w <- w * (1 - rate * decay)), at Muon's
     own, larger rate."""
     group = {"params": params, "lr_scale": t.muon_lr / t.lr}
+    if t.optimizer == "normuon":  # torch has no NorMuon: ours, on every device
+        return Float32Muon([{**group, "neuron_beta2": NEURON_BETA2}], lr=t.muon_lr, momentum=t.muon_momentum,
+                           weight_decay=t.weight_decay)
     kind = Float32Muon if params and params[0].device.type == "cpu" else torch.optim.Muon
     return kind([group], lr=t.muon_lr, momentum=t.muon_momentum, weight_decay=t.weight_decay)
 
@@ -56,6 +69,10 @@ class Float32Muon(torch.optim.Muon):
     twelve 128 x 384 and four 128 x 128, after turning tall ones on their side) go through the
     iteration together, one batched product per term instead of one per matrix: the same update
     (each matrix normalised by its own norm), fewer and larger products. Same state and groups.
+
+    A group with `neuron_beta2` > 0 takes NorMuon's step (module docstring): state
+    "neuron_buffer" holds each neuron's running mean square, one per column of the wide orientation
+    (per row for a square matrix: its output neurons, as modded-nanogpt's NorMuon has it).
     """
 
     @torch.no_grad()
@@ -83,8 +100,23 @@ class Float32Muon(torch.optim.Muon):
                 for _ in range(group["ns_steps"]):
                     gram = x @ x.mT
                     x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                if group.get("neuron_beta2", 0.0):
+                    x = self.neuron_normalized(x, [self.state[m[0]] for m in members], group["neuron_beta2"])
                 for (p, _, tall), orth in zip(members, x, strict=True):
                     self.apply(p, orth.T if tall else orth, group)
+
+    @staticmethod
+    def neuron_normalized(x: torch.Tensor, states: list[dict[str, Any]], beta2: float) -> torch.Tensor:
+        """NorMuon: orthogonalized updates x (n, rows, cols), each neuron divided by the root of its
+        running mean square (updated here, in `states`), then each matrix scaled back to its norm."""
+        dim = -1 if x.shape[-2] == x.shape[-1] else -2  # square: a value per row; wide: per column
+        square = x.square().mean(dim, keepdim=True)  # (n, 1, cols) or (n, rows, 1)
+        for state, sq in zip(states, square, strict=True):
+            state.setdefault("neuron_buffer", torch.zeros_like(sq)).lerp_(sq, 1 - beta2)
+        scale = torch.stack([s["neuron_buffer"] for s in states]).clamp(min=1e-10).rsqrt()
+        y = x * scale
+        norm = torch.linalg.matrix_norm(x, keepdim=True)
+        return y * (norm / torch.linalg.matrix_norm(y, keepdim=True).clamp(min=1e-10))
 
     @staticmethod
     def apply(p: torch.nn.Parameter, orth: torch.Tensor, group: dict[str, Any]) -> None:
@@ -129,8 +161,10 @@ class MuonAdamW:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """Restore what `state_dict` wrote; ValueError when it is another optimizer's state."""
         groups, k = sd["param_groups"], len(self.muon.param_groups)
-        if len(groups) != k + len(self.adamw.param_groups) or any("ns_coefficients" not in g for g in groups[:k]):
-            raise ValueError("the saved state is not a Muon + AdamW optimizer's")
+        beta2 = [g.get("neuron_beta2", 0.0) for g in self.muon.param_groups]
+        if (len(groups) != k + len(self.adamw.param_groups) or any("ns_coefficients" not in g for g in groups[:k])
+                or [g.get("neuron_beta2", 0.0) for g in groups[:k]] != beta2):
+            raise ValueError(f"the saved state is not a {'NorMuon' if any(beta2) else 'Muon'} + AdamW optimizer's")
         for opt, part in ((self.muon, groups[:k]), (self.adamw, groups[k:])):
             ids = {pid for g in part for pid in g["params"]}
             opt.load_state_dict({"state": {pid: s for pid, s in sd["state"].items() if pid in ids}, "param_groups": part})

@@ -78,14 +78,15 @@ def make_optimizer(
     model: torch.nn.Module, t: TrainConfig, device: torch.device, *, fused: bool = True
 ) -> Optimizer:
     """AdamW with weight decay on 2-D weights only (matrices and embeddings, not biases or norms);
-    with train.optimizer="muon", Muon for the blocks' matrices and that AdamW for the rest: the
-    embeddings, the output layer, the gains and the biases (`MuonAdamW`, psyduck/train/muon.py).
+    with train.optimizer="muon" (or "normuon"), Muon (NorMuon) for the blocks' matrices and that AdamW
+    for the rest: the embeddings, the output layer, the gains and the biases (`MuonAdamW`,
+    psyduck/train/muon.py).
 
     With `fused` (the default), the fused implementation runs one kernel for all parameters where
     PyTorch has it, much faster on CPUs than the loop over parameters (docs/performance.md ("Training steps (the train package)"));
     `fused=False` is PyTorch's default AdamW, the benchmark's `default_adamw` lever.
     """
-    hidden = hidden_matrices(model) if t.optimizer == "muon" else []
+    hidden = hidden_matrices(model) if t.optimizer in ("muon", "normuon") else []
     muon_ids = {id(p) for p in hidden}
     adamw = _adamw([p for p in model.parameters() if p.requires_grad and id(p) not in muon_ids], t, device, fused)
     return MuonAdamW(make_muon(hidden, t), adamw) if hidden else adamw
