@@ -53,10 +53,10 @@ def make_muon(params: list[torch.nn.Parameter], t: TrainConfig) -> torch.optim.M
     train.weight_decay is decoupled as in AdamW (each step w <- w * (1 - rate * decay)), at Muon's
     own, larger rate."""
     group = {"params": params, "lr_scale": t.muon_lr / t.lr}
-    if t.optimizer == "normuon":  # torch has no NorMuon: ours, on every device
-        return Float32Muon([{**group, "neuron_beta2": NEURON_BETA2}], lr=t.muon_lr, momentum=t.muon_momentum,
-                           weight_decay=t.weight_decay)
-    kind = Float32Muon if params and params[0].device.type == "cpu" else torch.optim.Muon
+    normuon = t.optimizer == "normuon"  # torch has no NorMuon: ours, on every device
+    if normuon:
+        group["neuron_beta2"] = NEURON_BETA2
+    kind = Float32Muon if normuon or (params and params[0].device.type == "cpu") else torch.optim.Muon
     return kind([group], lr=t.muon_lr, momentum=t.muon_momentum, weight_decay=t.weight_decay)
 
 
