@@ -44,6 +44,7 @@ LossChoice = Literal["auto", "fused", "plain"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 OnNan = Literal["stop", "skip"]
 OptimizerChoice = Literal["adamw", "muon", "normuon"]
+Sampling = Literal["random", "shuffle"]
 
 
 def _check_finite(obj: Any, section: str) -> None:
@@ -178,6 +179,7 @@ class TrainConfig:
     muon_lr: float = 0.02  # Muon's peak rate (the schedule scales it as it scales lr)
     muon_momentum: float = 0.95  # Muon's momentum (Nesterov)
     grad_clip: float = 0.0  # clip the global gradient norm to this; 0 disables
+    sampling: Sampling = "random"  # random: windows at random starts; shuffle: each window once an epoch (data/epochs.py)
     eval_interval: int = 50  # evaluate every this many steps
     eval_iters: int = 20  # batches per split in each evaluation
     sample_tokens: int = 64  # length of the text sample written at each evaluation; 0 disables

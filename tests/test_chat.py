@@ -484,6 +484,10 @@ def test_finetune_errors_are_one_line(base_run, tmp_path, capsys):
     assert finetune_error(capsys, str(base_run), "--chat", "x.jsonl", "--minutes", "1", "--max-seconds", "5", *out) == (
         "psyduck: error: --minutes and --max-seconds both set the time budget; give only one of them\n"
     )
+    assert finetune_error(capsys, str(base_run), "--chat", "wiki-vital-qa", "train.sampling=shuffle", *out) == (
+        "psyduck: error: train.sampling=shuffle reads token shards; fine-tuning draws its conversations its own way: "
+        "use train.sampling=random\n"
+    )
     assert finetune_error(capsys, str(tmp_path / "nothing"), "--chat", "x.jsonl", *out).startswith(
         f"psyduck: error: run folder not found: {tmp_path / 'nothing'}"
     )

@@ -86,7 +86,7 @@ def test_every_string_choice_is_a_literal_checked_from_its_values():
                 cls(**{f.name: "nonsense"})
             assert str(e.value) == f"{section}.{f.name}='nonsense' is not one of {', '.join(allowed)}; pick one of them"
     literal = {f.name for f in dataclasses.fields(TrainConfig) if typing.get_origin(typing.get_type_hints(TrainConfig)[f.name]) is typing.Literal}
-    assert literal == {"schedule", "dtype", "loss", "on_nan", "optimizer"}
+    assert literal == {"schedule", "dtype", "loss", "on_nan", "optimizer", "sampling"}
 
 
 def test_presets_live_in_their_own_module_and_the_old_names_still_work():

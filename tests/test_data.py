@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from psyduck.data.epochs import EpochOrder
 from psyduck.data.loader import TokenData
 from psyduck.data.prepare import prepare
 from psyduck.data.sources import SOURCES, read_documents
@@ -263,6 +267,34 @@ def test_get_batch_resumes_from_generator_state(bpe_data: Path) -> None:
     second = [data.get_batch("train", 4, 32, g2) for _ in range(3)]
     for (x1, y1), (x2, y2) in zip(first, second, strict=True):
         assert torch.equal(x1, x2) and torch.equal(y1, y2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_tokens=st.integers(2, 3000), block=st.integers(1, 64), seed=st.integers(0, 2**31), first=st.integers(0, 500))
+def test_shuffled_epochs_visit_every_window_once_and_resume_from_the_count(n_tokens, block, seed, first):
+    if n_tokens < block + 1:
+        with pytest.raises(ValueError, match="hold no window"):
+            EpochOrder(n_tokens, block, seed)
+        return
+    order = EpochOrder(n_tokens, block, seed)
+    for e in range(3):
+        starts = np.sort(order.epoch(e))
+        assert len(starts) == order.per_epoch
+        assert (np.diff(starts) == block).all()  # non-overlapping windows, every one of the epoch
+        assert 0 <= starts[0] < block and starts[-1] + block + 1 <= n_tokens  # x and y fit
+    assert order.per_epoch * block >= n_tokens - 2 * block + 1  # under two windows' worth left out an epoch
+    run = np.concatenate([order.epoch(e) for e in range(first // order.per_epoch + 3)])
+    again = EpochOrder(n_tokens, block, seed)  # a resumed run: a fresh order, asked from its count
+    assert np.array_equal(again.starts(first, 2 * order.per_epoch + 1), run[first : first + 2 * order.per_epoch + 1])
+
+
+def test_shuffled_batches_are_windows_of_the_split(tmp_path: Path) -> None:
+    data = TokenData(counting_data(tmp_path / "d", 1000))
+    order = EpochOrder(data.num_tokens("train"), 16, seed=3)
+    x, y = data.windows("train", order.starts(0, 8), 16)
+    assert x.shape == y.shape == (8, 16) and torch.equal(y, x + 1)
+    assert torch.equal(x, x[:, :1] + torch.arange(16))
+    assert not np.array_equal(order.epoch(0), order.epoch(1))  # each epoch in its own order
 
 
 def test_eval_batches_cover_the_split_in_order(tmp_path: Path) -> None:

@@ -262,10 +262,10 @@ def test_the_schedule_sets_both_optimizers_rates():
     assert seen[0] < seen[1] and seen[1] > seen[2] > seen[3] == pytest.approx(2e-3)  # warmup, then the decay
 
 
-@pytest.mark.parametrize("optimizer", ["muon", "normuon"])
-def test_a_run_with_every_lever_trains_and_resumes_bit_for_bit(tiny_cfg, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, sampling", [("muon", "random"), ("normuon", "shuffle")])
+def test_a_run_with_every_lever_trains_and_resumes_bit_for_bit(tiny_cfg, tmp_path, optimizer, sampling):
     cfg = tiny_cfg.replace({
-        "max_iters": 30, "model.dropout": 0.1, "optimizer": optimizer, "model.activation": "relu2",
+        "max_iters": 30, "model.dropout": 0.1, "optimizer": optimizer, "sampling": sampling, "model.activation": "relu2",
         "model.qk_norm": True, "model.logit_softcap": 15.0, "sample_tokens": 0,
     })
     train(cfg, tmp_path / "straight", progress=False)

@@ -14,6 +14,7 @@ Design choices:
   builds the whole split in memory.
 - Training windows start at positions from `torch.randint(..., generator=g)`: saving
   `g.get_state()` in a checkpoint and restoring it resumes the exact same batch sequence.
+  (`train.sampling=shuffle` visits every window once an epoch instead: epochs.py.)
 - Data-parallel training draws one global batch from one generator and gives each rank its rows
   (see the trainer), so the loader knows nothing about ranks. (Pass a CPU generator.)
 - Splits are whatever meta.json lists: train and val always, test for sources with their own
@@ -179,6 +180,11 @@ class TokenData:
         self.check_fits(split, block_size)
         starts = torch.randint(self.num_tokens(split) - block_size, (batch_size,), generator=generator)
         return self._gather(split, starts.numpy(), block_size)
+
+    def windows(self, split: str, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The windows at the given starts (train.sampling=shuffle's, from epochs.py): x, y int64 (B, T)."""
+        self.check_fits(split, block_size)
+        return self._gather(split, starts, block_size)
 
     def iter_eval_batches(
         self, split: str, batch_size: int, block_size: int, max_batches: int | None = None

@@ -19,6 +19,7 @@ import torch
 
 from psyduck import hardware
 from psyduck.config import Config
+from psyduck.data.epochs import EpochOrder
 from psyduck.data.loader import TokenData
 from psyduck.errors import PsyDuckError
 from psyduck.runs import RunFolder
@@ -110,6 +111,19 @@ def open_data(cfg: Config, out: Path, resuming: bool, init_from: Path | None) ->
     for split in ("train", "val"):
         data.check_fits(split, cfg.model.block_size)
     return data, tokenizer
+
+
+def epoch_order(cfg: Config, data: Any, fine_tuning: bool) -> EpochOrder | None:
+    """train.sampling=shuffle's window order over the train split of `data` (a TokenData; None: random windows)."""
+    if cfg.train.sampling != "shuffle":
+        return None
+    if fine_tuning:
+        raise PsyDuckError(
+            "train.sampling=shuffle reads token shards; fine-tuning draws its conversations its own way: "
+            "use train.sampling=random"
+        )
+    data.check_fits("train", cfg.model.block_size)
+    return EpochOrder(data.num_tokens("train"), cfg.model.block_size, cfg.train.seed)
 
 
 def starting_checkpoint(run: RunFolder, from_scratch: bool, log: Log, write: bool = True) -> Path | None:

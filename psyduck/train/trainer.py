@@ -154,16 +154,14 @@ class Trainer:
         self.train_seconds = 0.0  # the training time of earlier processes of this run (resume)
         self.best_val = float("inf")
         self.batch_gen = torch.Generator().manual_seed(t.seed)
+        self.order = preflight.epoch_order(self.cfg, self.data, self.feed is not None)
         if self.resume_from is not None:
             self.restore(self.resume_from)
         net: torch.nn.Module = torch.compile(self.model) if t.compile else self.model
         self.step_setup = StepSetup(
             net=self.dist.wrap(net, self.device), model=self.model, optimizer=self.optimizer, train=t,
-            accum=self.accum, autocast=self.autocast,
-            scaler=torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16),
-            loss=self.loss,
-            ranks=self.dist,
-        )
+            accum=self.accum, autocast=self.autocast, loss=self.loss, ranks=self.dist,
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16))
 
     def _start_clock(self) -> None:
         """The timetable (by steps or by the clock) from the training seconds used so far, and
@@ -182,9 +180,10 @@ class Trainer:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's slice of the step's global batch: (accum * batch_size, block_size) each."""
-        t = self.cfg.train
-        rows = t.batch_size * self.accum
-        x, y = self.data.get_batch("train", rows * self.dist.world_size, self.cfg.model.block_size, self.batch_gen)
+        rows = self.cfg.train.batch_size * self.accum
+        n, block = rows * self.dist.world_size, self.cfg.model.block_size
+        x, y = (self.data.windows("train", self.order.starts(self.step * n, n), block) if self.order  # shuffle
+                else self.data.get_batch("train", n, block, self.batch_gen))
         sl = slice(self.dist.rank * rows, (self.dist.rank + 1) * rows)
         return x[sl].to(self.device, non_blocking=True), y[sl].to(self.device, non_blocking=True)
 
