@@ -35,7 +35,7 @@ class EpochOrder:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
             offset = int(torch.randint(self.max_offset + 1, (1,), generator=g))
             order = torch.randperm(self.per_epoch, generator=g).numpy()
-            self._epochs = {k: v for k, v in self._epochs.items() if k >= e - 1}  # a batch spans <= 2 epochs
+            self._epochs = {k: v for k, v in self._epochs.items() if k >= e - 1}  # asked for in order: keep two
             self._epochs[e] = offset + order.astype(np.int64) * self.block_size
         return self._epochs[e]
 
