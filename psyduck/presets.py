@@ -53,7 +53,7 @@ def cpu_small() -> Config:
     at every time of a 10-minute race, most at 4-5 minutes; 24 and 48 gained less); cosine after a
     1% warmup (a 6% one lost at every time of a 10-minute race); windows in shuffled epochs (each
     once an epoch, not at random starts: 10 minutes are ~4 epochs of the corpus, and the random
-    draw sees some text 8 times and some never; -1.0% at 10 minutes). Train it by the clock
+    draw sees some text 8 times and some never: -3.1% at 10 minutes, the same steps). Train it by the clock
     (`--minutes`): max_iters only draws the schedule's shape (1,500 steps: ~10 minutes here), and
     its 10 evaluations (every 150 steps' share; each ~3 s with its sample and checkpoint) count on
     the clock, so they are kept few: 20 took a fifth of a 5-minute demo.
