@@ -108,7 +108,8 @@ def fresh_setup(base: Path, overrides: list[str] | dict[str, Any]) -> tuple[Conf
     base_cfg = read_run_config(base)
     tokenizer = load_tokenizer(base).with_special_tokens(ROLE_MARKERS)
     # conversations are drawn by ChatBatches, not as windows of token shards: the base's sampling does not apply
-    cfg = apply_overrides(apply_overrides(base_cfg, {"train.max_iters": DEFAULT_ITERS, "train.sampling": "random"}), overrides)
+    defaults = {"train.max_iters": DEFAULT_ITERS, "train.sampling": "random"}
+    cfg = apply_overrides(apply_overrides(base_cfg, defaults), overrides)
     _check_architecture(base_cfg, cfg, base)
     cfg.model.vocab_size = max(cfg.model.vocab_size, tokenizer.vocab_size)
     cfg.data.tokenizer = tokenizer.name  # what load_run checks tokenizer.json against
