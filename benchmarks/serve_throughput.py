@@ -4,14 +4,17 @@
     python benchmarks/serve_throughput.py --quick    # the tiny preset, a smoke run (seconds)
 
 The server runs in a subprocess of its own (this file, `--serve`), holding a randomly initialised
-model of the preset's shape (the same seed on both sides, so the same weights), with the torch
-thread count `psyduck serve` sets (`decode_threads`: one for a model this size), once with
-`--batching on` and once with `off`, both with room for 16 requests at once. For each count of
+model of the preset's shape (the same seed on every side, so the same weights), with the torch
+thread count `psyduck serve` sets (`decode_threads`: one for a model this size), three times:
+`--batching on` as `psyduck serve` runs it (the batch in a child process: serve/engine_process.py),
+`batching_on_thread` (`--engine thread`: the batch in a thread of the server's process, sharing
+its interpreter lock with the event loop) and `--batching off`, each with room for 16 requests at once. For each count of
 clients (1, 4, 16), that many threads of the real `openai` package stream completions from
 127.0.0.1 at the same moment (each `--tokens` tokens, ignore_eos, temperature 0.8, its own seed),
 bounded by a timeout. Reported per side and count: total generated tokens/s (all clients' tokens
 over the wall time from the first request to the last token) and the p50/p95 time to first token;
-`ratio_vs_off` is batching on's tokens/s over off's, `scaling_vs_1` each count's over 1 client's.
+`ratio_vs_off` is batching on's tokens/s over off's (`ratio_vs_thread`: over the thread engine's),
+`scaling_vs_1` each count's over 1 client's.
 Both servers stream with `--stream-interval` (default: `psyduck serve`'s; 0 sends one event per
 token). Each round's clients are made, connected and warmed up before its clock starts, then
 released together; the counts take turns, `--rounds` times (default 5), and each reports its
@@ -78,7 +81,8 @@ def serve(args: argparse.Namespace) -> None:
 
     model, tok = build(args.preset, args.quick)
     app = create_app(model=model, tokenizer=tok, model_name="bench", max_concurrency=16, max_queue=16,
-                     max_tokens_cap=4096, batching=args.batching == "on", stream_interval=args.stream_interval)
+                     max_tokens_cap=4096, batching=args.batching != "off", stream_interval=args.stream_interval,
+                     engine="thread" if args.batching == "thread" else "auto")
     set_decode_threads(model, "cpu", None)  # the thread count `psyduck serve` uses (one, for this size)
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
@@ -131,7 +135,7 @@ def engine_only(preset: str, quick: bool, tokens: int) -> list[dict]:
     model, tok = build(preset, quick)
     before = torch.get_num_threads()
     set_decode_threads(model, "cpu", None)
-    weights = DecodeWeights.build(model, exact=True)  # what `psyduck serve` batches with (serve/state.py)
+    weights = DecodeWeights.build(model, batched=True)  # what `psyduck serve` batches with (serve/state.py)
     prompt = tok.encode("the cat")
     rows = []
     try:
@@ -242,7 +246,7 @@ def main() -> None:
         return
     tokens = args.tokens or (16 if args.quick else 128)
     sides = {}
-    for batching in ("on", "off", "canned"):
+    for batching in ("on", "thread", "off", "canned"):
         port = free_port()
         cmd = [sys.executable, __file__, "--serve", "--port", str(port), "--batching", batching, "--preset", args.preset,
                "--tokens", str(tokens), "--stream-interval", str(args.stream_interval)]
@@ -261,10 +265,11 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    on, off, ceiling = sides["on"], sides["off"], sides["canned"]
-    for row, other in zip(on, off, strict=True):
+    on, thread, off, ceiling = sides["on"], sides["thread"], sides["off"], sides["canned"]
+    for row, other, same_process in zip(on, off, thread, strict=True):
         row["ratio_vs_off"] = round(row["tokens_per_s"] / other["tokens_per_s"], 2)
-    for side in (on, off):
+        row["ratio_vs_thread"] = round(row["tokens_per_s"] / same_process["tokens_per_s"], 2)
+    for side in (on, thread, off):
         for row in side:
             row["scaling_vs_1"] = round(row["tokens_per_s"] / side[0]["tokens_per_s"], 2)
     for row in ceiling:
@@ -276,7 +281,7 @@ def main() -> None:
 
     emit({"benchmark": "serve_throughput", "preset": args.preset, "tokens_per_client": tokens,
           "stream_interval_s": args.stream_interval,
-          "batching_on": on, "batching_off": off,
+          "batching_on": on, "batching_on_thread": thread, "batching_off": off,
           "client_ceiling": ceiling, "engine_only": alone, "machine": machine(torch.device("cpu"))})
 
 

@@ -4,4 +4,5 @@ import sys
 
 from psyduck.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a child process (the serving engine's) imports this module without running it
+    sys.exit(main())

@@ -3,6 +3,8 @@
 - `DecodeWeights.build(model, exact=True)`: wide Linear layers multiply by transposed copies of their
   weights on the CPU; logits must equal the plain forward's (to float rounding), and the model
   itself must not change (same modules, same state dict, same mode).
+- `DecodeWeights.build(model, batched=True)` (a batching server): layers of at least PACKED_MIN
+  weights multiply 2+ rows by oneDNN's packed copies; the logits again equal the plain forward's.
 - `DecodeWeights.build(model)` (the default): float16 weight copies. Stated tolerance: the next-token
   distribution within 0.005 total variation of float32's, and every log-probability above 1e-4
   within 0.02; a step that overflows float16 is redone exactly.
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 
 from psyduck import GPT, ModelConfig
 from psyduck.generate import DecodeWeights, generate, stream
-from psyduck.generate.decode_weights import HALF_MIN, HalfLinear, TransposedLinear, transposed
+from psyduck.generate.decode_weights import HALF_MIN, PACKED_MIN, HalfLinear, PackedLinear, TransposedLinear, transposed
 from psyduck.generate.sampling import sample_from
 
 
@@ -70,6 +72,23 @@ def test_exact_decode_weights_give_the_plain_logits_and_leave_the_model_alone(kw
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert weights.net.tok_emb.weight is model.tok_emb.weight  # shared, not copied
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+@pytest.mark.parametrize("kw", [{}, {"bias": True, "activation": "swiglu", "pos": "rope"}])
+def test_batched_decode_weights_pack_the_large_layers_and_give_the_plain_logits(kw):
+    model = wide_model(**kw)  # d256, vocabulary 4096: every matrix has at least PACKED_MIN weights
+    weights = DecodeWeights.build(model, batched=True)
+    assert weights.batched and weights.exact and not weights.half
+    packed = [m for m in weights.net.modules() if isinstance(m, PackedLinear)]
+    large = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.numel() >= PACKED_MIN]
+    assert len(packed) == len(large) > 0
+    assert all(isinstance(m.single, TransposedLinear) == (m.single.weight.shape[0] > m.single.weight.shape[1]) for m in packed)
+    with torch.no_grad():
+        for rows, length in [(1, 1), (2, 1), (16, 1), (3, 7)]:  # one row, a batch's step, a prefill
+            idx = torch.randint(0, 4096, (rows, length))
+            torch.testing.assert_close(weights.net(idx)[0], model(idx)[0], rtol=1e-5, atol=1e-5)
+    assert DecodeWeights.build(model, exact=True).batched is False  # generation keeps one copy per layer
 
 
 def test_exact_copies_only_for_wide_layers_and_float16_only_for_large_ones():

@@ -363,14 +363,21 @@ def test_concurrent_greedy_requests_get_what_they_get_alone(engine_url):
 @pytest.mark.parametrize("batching", [True, False])
 def test_a_batching_server_decodes_with_float32_copies_and_one_at_a_time_with_float16(loaded, batching):
     """Batched steps multiply many rows, where float32 wins (float16's CPU kernels pay only for one
-    row of a large matrix): the batching server builds exact weights, --batching off float16 ones."""
+    row of a large matrix): the batching server builds exact weights (with oneDNN's packed copies),
+    --batching off float16 ones. With the engine in a child process, the child builds them, not this side."""
     from psyduck import GPT, ModelConfig
-    from psyduck.generate.decode_weights import HalfLinear
+    from psyduck.generate.decode_weights import HalfLinear, PackedLinear
+    from psyduck.serve import engine_process
     from psyduck.serve.state import ServeState
 
     _, tok = loaded
     torch.manual_seed(0)
     wide = GPT(ModelConfig(vocab_size=tok.vocab_size, block_size=32, d_model=256, n_layer=1, n_head=4, dropout=0.0)).eval()
-    state = ServeState(model=wide, tok=tok, name="m", batching=batching)
+    state = ServeState(model=wide, tok=tok, name="m", batching=batching, engine_kind="thread")
     halves = [m for m in state.weights.net.modules() if isinstance(m, HalfLinear)]
     assert state.weights.exact is batching and bool(halves) is not batching and state.weights.half is not batching
+    packed = [m for m in state.weights.net.modules() if isinstance(m, PackedLinear)]
+    assert bool(packed) is (batching and torch.backends.mkldnn.is_available())
+    auto = ServeState(model=wide, tok=tok, name="m", batching=batching)
+    assert auto.engine_in_process is (batching and engine_process.available())
+    assert (auto.weights is None) is auto.engine_in_process

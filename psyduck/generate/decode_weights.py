@@ -20,6 +20,11 @@ of the model: the same modules and the *same* parameter tensors, except that its
   one row BLAS then takes `out` short dot products and streams the matrix poorly, so layers with
   out > in get a transposed (in, out) copy, read as long contiguous runs. Same products, summed in
   another order (the last bits differ).
+- `PackedLinear` (`batched=True`, a batching server; float32 too): a step multiplies a few rows
+  (one per request), where the BLAS that torch calls is at its worst on this CPU (cpu-small's
+  output layer: 2 rows take 2-4x one row's time). oneDNN's product over a copy in its own packed
+  layout takes 2-16 rows in little more than one row's time, so layers of at least PACKED_MIN
+  weights get one for 2 rows or more; one row keeps the path above.
 
 The twin runs the model's own `forward` (so it follows every variant the model has), always in
 eval mode; the model itself is not touched, so training can go on and threads can share it. The
@@ -37,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 HALF_MIN = 65_536  # weights: smaller matrices (d_model < 256) stream fast anyway, and the casts would cost more
+PACKED_MIN = 262_144  # weights: below, oneDNN's fixed cost per call (~15 us) outweighs its faster product
 _BLOCK = 512  # rows transposed at a time: a cache-sized block is ~2x faster than one big transpose
 
 
@@ -90,16 +96,46 @@ class TransposedLinear(nn.Module):
         return y.view(*x.shape[:-1], self.weight_t.shape[1])
 
 
-def decode_layer(layer: nn.Linear, exact: bool, output: bool) -> nn.Module:
+def onednn_packed(weight: torch.Tensor) -> torch.Tensor | None:
+    """oneDNN's packed copy of a float32 (out, in) weight, laid out for products of a few rows; None
+    where this torch build has no oneDNN (its private ops are how torch.compile packs weights)."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 16)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class PackedLinear(nn.Module):
+    """A Linear layer for batched decoding: one row through `single` (the layer or its transposed
+    twin), 2 rows or more through oneDNN's packed copy of the weight (`onednn_packed`)."""
+
+    def __init__(self, layer: nn.Linear, single: nn.Module, packed: torch.Tensor) -> None:
+        super().__init__()
+        self.single = single
+        self.packed = packed  # an opaque oneDNN tensor: an attribute, not a buffer that .to() would move
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] < 2:
+            return self.single(x)
+        y = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def decode_layer(layer: nn.Linear, exact: bool, output: bool, batched: bool = False) -> nn.Module:
     """The layer to decode with in place of `layer`: a copy-holding one, or `layer` itself."""
     w = layer.weight
     if w.device.type != "cpu" or w.dtype != torch.float32:
         return layer  # GPUs and low-precision weights: the model's own layout
     if not exact and w.numel() >= HALF_MIN:
         return HalfLinear(layer, centred=output)
-    if layer.out_features > layer.in_features:  # wide: the transposed copy streams better
-        return TransposedLinear(layer)
-    return layer
+    single = TransposedLinear(layer) if layer.out_features > layer.in_features else layer  # wide: streams better
+    if batched and w.numel() >= PACKED_MIN and (packed := onednn_packed(w.detach())) is not None:
+        return PackedLinear(layer, single, packed)
+    return single
 
 
 @dataclass(frozen=True)
@@ -109,11 +145,13 @@ class DecodeWeights:
     net: nn.Module
     exact: bool
     half: bool  # some products are float16: a step's logits must be checked for overflow
+    batched: bool = False  # holds packed copies for steps of many rows (implies exact)
 
     @classmethod
     @torch.no_grad()
-    def build(cls, model: nn.Module, exact: bool = False) -> DecodeWeights:
-        """A twin of `model` sharing every parameter and buffer, with its CPU Linear layers swapped.
+    def build(cls, model: nn.Module, exact: bool = False, batched: bool = False) -> DecodeWeights:
+        """A twin of `model` sharing every parameter and buffer, with its CPU Linear layers swapped;
+        `batched` (a server's batch: float32, many rows a step) adds the `PackedLinear` copies.
 
         Copying the module tree is cheap; the weight copies cost a pass over every weight (for
         seed-60m, a good part of a second on a small CPU): build once per generation, or once and
@@ -126,6 +164,6 @@ class DecodeWeights:
         for parent in list(net.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    setattr(parent, name, decode_layer(child, exact, output=child is output))
+                    setattr(parent, name, decode_layer(child, exact or batched, child is output, batched))
         half = any(isinstance(m, HalfLinear) for m in net.modules())
-        return cls(net, exact, half)
+        return cls(net, exact or batched, half, batched)

@@ -40,9 +40,13 @@ from psyduck.tokenizer import Tokenizer
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """At shutdown, stop the generations still running, so the server does not wait for them."""
+    """At start, the batching engine (a child process takes seconds: not during the first request);
+    at shutdown, stop the generations still running, so the server does not wait for them."""
+    state = app.state.psyduck
+    if state.batching and state.engine_in_process:
+        state.start()
     yield
-    app.state.psyduck.close()
+    state.close()
 
 
 def create_app(
@@ -61,6 +65,7 @@ def create_app(
     max_body_mb: float = 8.0,
     batching: bool = True,
     stream_interval: float = STREAM_INTERVAL,
+    engine: str = "auto",
 ) -> FastAPI:
     """The app serving a run folder (loaded here), or an already-loaded `model` and `tokenizer`.
 
@@ -70,12 +75,14 @@ def create_app(
     `batching`: one engine thread runs every request in one batch (False: a thread per request).
     `max_concurrency` defaults to 16 with batching, 4 without (state.py's `default_concurrency`).
     `stream_interval`: a stream's tokens of at most that many seconds go out as one event (pacing.py).
+    `engine` (with batching): "process" runs the batch in a child process (engine_process.py),
+    "thread" in a thread of this one, "auto" the child for a model on the CPU where it can.
     """
     state = load_state(
         run_dir, model=model, tokenizer=tokenizer, model_name=model_name, checkpoint=checkpoint, device=device,
         api_key=api_key, max_tokens_cap=max_tokens_cap, max_prompt_tokens=max_prompt_tokens,
         max_concurrency=max_concurrency, max_queue=max_queue, max_body_mb=max_body_mb, batching=batching,
-        stream_interval=stream_interval,
+        stream_interval=stream_interval, engine=engine,
     )
 
     app = ServeApp(

@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                    help="largest request body in megabytes; larger ones get 413 before they are read (default 8)")
     s.add_argument("--batching", choices=("on", "off"), default="on",
                    help="on: one forward pass per step for all requests (continuous batching); off: a thread per request")
+    s.add_argument("--engine", choices=("auto", "process", "thread"), default="auto",
+                   help="with batching, where the batch runs: process (a child process, beside the event loop "
+                        "instead of sharing its interpreter lock), thread, or auto (process for a CPU model; the default)")
     s.add_argument("--stream-interval", type=float, default=STREAM_INTERVAL, metavar="SECONDS",
                    help=f"send a stream's tokens of up to this many seconds as one event: fewer, longer events cost "
                         f"the server and its clients less under load (default {STREAM_INTERVAL}; 0: one event per token)")
@@ -62,9 +65,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         args.run, model_name=args.model_name, checkpoint=args.checkpoint, device=str(device),
         api_key=args.api_key, max_tokens_cap=args.max_tokens_cap, max_prompt_tokens=args.max_prompt_tokens,
         max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
-        batching=args.batching == "on", stream_interval=args.stream_interval,
+        batching=args.batching == "on", stream_interval=args.stream_interval, engine=args.engine,
     )
     set_decode_threads(app.state.psyduck.model, device, args.threads)  # per generation: its own thread team
+    if app.state.psyduck.batching:
+        app.state.psyduck.start()  # the engine (a child process on a CPU) before the first request, not during it
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -21,11 +21,14 @@ from psyduck.errors import PsyDuckError
 from psyduck.generate import DecodeWeights
 from psyduck.runs import nonfinite_weights
 from psyduck.serve.batch import Job
+from psyduck.serve import engine_process
 from psyduck.serve.engine import Engine, Slots, run_alone
+from psyduck.serve.engine_process import EngineProcess
 from psyduck.serve.pacing import STREAM_INTERVAL
 from psyduck.tokenizer import Tokenizer
 
 PAGE = Path(__file__).with_name("static") / "index.html"  # the playground and loss curves, one page
+ENGINES = ("auto", "process", "thread")  # where a batching server's batch runs (`ServeState.engine_in_process`)
 
 
 @dataclass(eq=False)
@@ -46,21 +49,41 @@ class ServeState:
     batching: bool = True  # one engine thread batching every request (False: a thread per request)
     template: ChatTemplate = field(default_factory=plain_template)  # how /v1/chat/completions writes messages
     stream_interval: float = STREAM_INTERVAL  # seconds of a stream's tokens sent as one event (pacing.py)
+    engine_kind: str = "auto"  # where the batch runs: "process", "thread", "auto" (ENGINES, `engine_in_process`)
     slots: Slots = field(init=False)
     cancels: set[threading.Event] = field(init=False, default_factory=set)  # of generations in flight
     created: int = field(init=False, default_factory=lambda: int(time.time()))
     executor: ThreadPoolExecutor | None = field(init=False, default=None)  # made on first use
     token_chars: int = field(init=False)  # the most characters one token stands for (prompts.py)
     weights: DecodeWeights | None = field(init=False, default=None)  # the CPU decode copies, built once
-    engine: Engine | None = field(init=False, default=None)  # with batching: made on first use
+    engine: Engine | EngineProcess | None = field(init=False, default=None)  # with batching: made on first use
 
     def __post_init__(self) -> None:
         self.slots = Slots(self.max_concurrency, self.max_queue)
         self.token_chars = longest_token(self.tok)
-        if isinstance(self.model, torch.nn.Module):  # a test's stand-in model never generates
+        if isinstance(self.model, torch.nn.Module) and not self.engine_in_process:  # a stand-in never generates
             # batching multiplies many rows at once, where float32 wins: float16's CPU kernels pay
-            # only for one row of a large matrix, and lose 3-7x at 16 rows (docs/performance.md)
-            self.weights = DecodeWeights.build(self.model, exact=self.batching)
+            # only for one row of a large matrix, and lose 3-7x at 16 rows (docs/performance.md);
+            # and where oneDNN's packed products beat BLAS 2x at 16 rows (generate/decode_weights.py)
+            self.weights = DecodeWeights.build(self.model, batched=self.batching)
+
+    @property
+    def engine_in_process(self) -> bool:
+        """Whether the batch runs in a child process (engine_process.py): "auto" says yes for a CPU
+        model where the platform has a fork server; GPUs keep the thread (their steps wait on the device)."""
+        if not self.batching or self.engine_kind == "thread" or not isinstance(self.model, torch.nn.Module):
+            return False
+        cpu = next(self.model.parameters()).device.type == "cpu"
+        return self.engine_kind == "process" or (cpu and engine_process.available())
+
+    def start(self) -> Engine | EngineProcess:
+        """The batching engine, made if not yet. `psyduck serve` calls this before it listens, so
+        that no request waits for the child process (and, the first time, the fork server): seconds."""
+        if self.engine is None:
+            self.engine = EngineProcess(self.model, self.tok) if self.engine_in_process else Engine(self.model, self.tok, self.weights)
+            if isinstance(self.engine, EngineProcess):
+                self.engine.start()
+        return self.engine
 
     @property
     def run_name(self) -> str | None:
@@ -74,11 +97,9 @@ class ServeState:
 
     def submit(self, job: Job) -> None:
         """Start generating `job`: in the engine's batch, or (batching off) in a worker thread of its own."""
-        assert self.weights is not None, "this server's model cannot generate"
+        assert isinstance(self.model, torch.nn.Module), "this server's model cannot generate"
         if self.batching:
-            if self.engine is None:
-                self.engine = Engine(self.model, self.tok, self.weights)
-            self.engine.submit(job)
+            self.start().submit(job)
         else:
             self.workers().submit(run_alone, self.model, self.tok, self.weights, job)
 
@@ -118,7 +139,7 @@ def load_state(
     run_dir: str | Path | None, *, model: Any = None, tokenizer: Tokenizer | None = None, model_name: str | None = None,
     checkpoint: str | None = None, device: str = "cpu", api_key: str | None = None, max_tokens_cap: int = 512,
     max_prompt_tokens: int | None = None, max_concurrency: int | None = None, max_queue: int = 16,
-    max_body_mb: float = 8.0, batching: bool = True, stream_interval: float = STREAM_INTERVAL,
+    max_body_mb: float = 8.0, batching: bool = True, stream_interval: float = STREAM_INTERVAL, engine: str = "auto",
 ) -> ServeState:
     """Check the limits (one-line errors), load the run unless a model is given, name the model.
     `max_concurrency` None: `default_concurrency(batching)`."""
@@ -133,6 +154,10 @@ def load_state(
         raise PsyDuckError(f"max-body-mb must be a number of megabytes above 0 (e.g. 8), got {max_body_mb!r}")
     if isinstance(stream_interval, bool) or not isinstance(stream_interval, (int, float)) or not 0 <= stream_interval <= 10:
         raise PsyDuckError(f"stream-interval must be a number of seconds from 0 to 10 (e.g. 0.05), got {stream_interval!r}")
+    if engine not in ENGINES:
+        raise PsyDuckError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "process" and not engine_process.available():
+        raise PsyDuckError("engine 'process' needs a fork server, which this platform lacks; use 'thread' or 'auto'")
     if api_key is not None and not api_key.strip():
         raise PsyDuckError("--api-key is empty; give a non-empty key or leave the option out")
     run = Path(run_dir) if run_dir is not None else None
@@ -152,5 +177,5 @@ def load_state(
         model, tokenizer, model_name or (run.resolve().name if run is not None else "psyduck"), run, api_key,
         max_tokens_cap, max_prompt_tokens or model.config.block_size, max_concurrency, max_queue,
         PAGE.read_text(encoding="utf-8"), max(1, int(max_body_mb * 10**6)), batching, load_template(run),
-        float(stream_interval),
+        float(stream_interval), engine,
     )
