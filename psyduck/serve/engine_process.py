@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ def child_main(conn: Connection, model: torch.nn.Module, tok: Tokenizer, threads
     from psyduck.generate import DecodeWeights
     from psyduck.serve.batch import Batch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server stops us
     torch.set_num_threads(threads)  # the parent's choice (decode_threads); a forked-server child starts afresh
     weights = DecodeWeights.build(model, batched=True)
     batch = Batch(model, tok, weights)
