@@ -381,3 +381,13 @@ def test_a_batching_server_decodes_with_float32_copies_and_one_at_a_time_with_fl
     auto = ServeState(model=wide, tok=tok, name="m", batching=batching)
     assert auto.engine_in_process is (batching and engine_process.available())
     assert (auto.weights is None) is auto.engine_in_process
+
+
+def test_a_job_cancelled_before_it_joins_ends_unfinished_and_one_asking_for_nothing_with_length(loaded):
+    model, tok = loaded
+    batch = Batch(model, tok, DecodeWeights.build(model))
+    cancelled, empty = Job([tok.encode("the")], 2, greedy(), threading.Event()), Job([tok.encode("the")], 1, greedy(0), threading.Event())
+    cancelled.cancel.set()
+    batch.join(cancelled, empty)
+    assert [(c.tokens, c.finish_reason) for c in cancelled.future.result()] == [(0, None), (0, None)]
+    assert [(c.tokens, c.finish_reason) for c in empty.future.result()] == [(0, "length")] and batch.empty

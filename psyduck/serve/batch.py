@@ -239,8 +239,9 @@ class Batch:
             job.prompt_scores = [prompt_logprobs(self.model, p, job.logprobs) for p in job.prompts]
         if params.seed is not None:
             job.generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        if params.max_new_tokens == 0 or job.cancel.is_set():
-            job.choices += [Choice(i, "", 0, "length") for i in range(len(job.prompts) * job.n)]
+        if params.max_new_tokens == 0 or job.cancel.is_set():  # nothing to generate: "length", or cancelled (None)
+            reason = "length" if params.max_new_tokens == 0 else None
+            job.choices += [Choice(i, "", 0, reason) for i in range(len(job.prompts) * job.n)]
             return []
         return [(job, p, prompt) for p, prompt in enumerate(job.prompts)]
 
