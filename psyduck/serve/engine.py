@@ -2,7 +2,8 @@
 
 Nothing here knows about HTTP. The rows and the step live in batch.py (`Batch`, `Job`); here:
 
-- `Engine` (batching on, the default): one thread runs one `Batch` for every request. Between
+- `Engine` (batching on; on a CPU the same loop runs in a child process instead, engine_process.py):
+  one thread runs one `Batch` for every request. Between
   steps it takes in the jobs that arrived (continuous batching: a request joins the running batch
   at once and leaves it when done, instead of waiting for the batch to end), their prompts
   prefilled together in one forward pass, then runs one step.

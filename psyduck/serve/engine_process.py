@@ -9,14 +9,14 @@ same reason. Here a child process runs the same `Batch` (batch.py) as the engine
 side keeps the `Job`s, their callbacks and futures, and the two speak through one pipe:
 
     to the child    ("job", id, prompts, n, params, logprobs, score_prompts), ("cancel", id), None: stop
-    from the child  one list per step of ("scores", id, prompt_scores), ("step", id, deltas),
-                    ("done", id, choices) and ("error", id, kind, message)
+    from the child  lists of ("scores", id, prompt_scores), ("step", id, deltas), ("done", id,
+                    choices) and ("error", id, kind, message): up to COALESCE_S of steps in one
 
 A reader thread here hands the deltas to each job's `on_step` and ends the futures, and passes on
-the cancel flags it finds set (a job's rows leave at the child's next step); a writer thread sends. The child is forked
-from multiprocessing's fork server, which imported torch once before this process had threads,
-and it maps the model's tensors from shared memory instead of copying them. If the child dies,
-the jobs in flight fail with one line and the next job starts a new child.
+the cancel flags it finds set (a job's rows leave at the child's next step); a writer thread
+sends. The child is forked from multiprocessing's fork server, which imported torch once before
+this process had threads, and it maps the model's tensors from shared memory instead of copying
+them. If the child dies, the jobs in flight fail with one line and the next job starts a new child.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def error_message(job_id: int, e: BaseException) -> tuple:
 
 
 def child_main(conn: Connection, model: torch.nn.Module, tok: Tokenizer, threads: int) -> None:
-    """The child: jobs in, one message list per step out, until told to stop or the parent is gone."""
+    """The child: jobs in, message lists out (a first token or an end at once), until told to stop
+    or the parent is gone."""
     from psyduck.generate import DecodeWeights
     from psyduck.serve.batch import Batch
 
