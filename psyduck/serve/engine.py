@@ -3,10 +3,10 @@
 Nothing here knows about HTTP. The rows and the step live in batch.py (`Batch`, `Job`); here:
 
 - `Engine` (batching on; on a CPU the same loop runs in a child process instead, engine_process.py):
-  one thread runs one `Batch` for every request. Between
-  steps it takes in the jobs that arrived (continuous batching: a request joins the running batch
-  at once and leaves it when done, instead of waiting for the batch to end), their prompts
-  prefilled together in one forward pass, then runs one step.
+  one thread runs one `Batch` for every request. Between steps it takes in the jobs that arrived
+  (continuous batching: a request joins the running batch at once and leaves it when done, instead
+  of waiting for the batch to end), their prompts prefilled together in one forward pass, then
+  runs one step.
   A cancelled job (its client went away) leaves at the next step, and its rows are free at once.
 - `run_alone` (`--batching off`): a job's own `Batch`, in the calling worker thread: one thread per
   request, competing for the cores. PyTorch releases the GIL inside its kernels either way, so the
