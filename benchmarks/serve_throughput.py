@@ -8,9 +8,9 @@ model of the preset's shape (the same seed on every side, so the same weights), 
 thread count `psyduck serve` sets (`decode_threads`: one for a model this size), three times:
 `--batching on` as `psyduck serve` runs it (the batch in a child process: serve/engine_process.py),
 `batching_on_thread` (`--engine thread`: the batch in a thread of the server's process, sharing
-its interpreter lock with the event loop) and `--batching off`, each with room for 16 requests at once. For each count of
-clients (1, 4, 16), that many threads of the real `openai` package stream completions from
-127.0.0.1 at the same moment (each `--tokens` tokens, ignore_eos, temperature 0.8, its own seed),
+its interpreter lock with the event loop) and `--batching off`, each with room for 16 requests at
+once. For each count of clients (1, 4, 16), that many threads of the real `openai` package stream
+completions from 127.0.0.1 at the same moment (each `--tokens` tokens, ignore_eos, temperature 0.8, its own seed),
 bounded by a timeout. Reported per side and count: total generated tokens/s (all clients' tokens
 over the wall time from the first request to the last token) and the p50/p95 time to first token;
 `ratio_vs_off` is batching on's tokens/s over off's (`ratio_vs_thread`: over the thread engine's),

@@ -72,7 +72,7 @@ def create_app(
     `max_prompt_tokens` defaults to the model's context window (block_size). With `run_dir` and a
     model both given, the model is served and the folder only supplies the name and the metrics.
     A request body over `max_body_mb` megabytes (10^6 bytes) is refused with 413 before it is read.
-    `batching`: one engine thread runs every request in one batch (False: a thread per request).
+    `batching`: one engine runs every request in one batch (False: a thread per request).
     `max_concurrency` defaults to 16 with batching, 4 without (state.py's `default_concurrency`).
     `stream_interval`: a stream's tokens of at most that many seconds go out as one event (pacing.py).
     `engine` (with batching): "process" runs the batch in a child process (engine_process.py),

@@ -20,8 +20,8 @@ from psyduck.chat import ChatTemplate, load_template, plain_template
 from psyduck.errors import PsyDuckError
 from psyduck.generate import DecodeWeights
 from psyduck.runs import nonfinite_weights
-from psyduck.serve.batch import Job
 from psyduck.serve import engine_process
+from psyduck.serve.batch import Job
 from psyduck.serve.engine import Engine, Slots, run_alone
 from psyduck.serve.engine_process import EngineProcess
 from psyduck.serve.pacing import STREAM_INTERVAL
@@ -46,7 +46,7 @@ class ServeState:
     max_queue: int = 16
     page: str = ""  # the HTML of PAGE
     max_body_bytes: int = 8 * 10**6  # larger request bodies are refused before they are read (limits.py)
-    batching: bool = True  # one engine thread batching every request (False: a thread per request)
+    batching: bool = True  # one engine batching every request (False: a thread per request)
     template: ChatTemplate = field(default_factory=plain_template)  # how /v1/chat/completions writes messages
     stream_interval: float = STREAM_INTERVAL  # seconds of a stream's tokens sent as one event (pacing.py)
     engine_kind: str = "auto"  # where the batch runs: "process", "thread", "auto" (ENGINES, `engine_in_process`)
