@@ -1,13 +1,14 @@
 """Sampling speed: `sample_next` against the one-running-sum draw it replaced, same logits, same uniforms.
 
-    python benchmarks/sampling_speed.py            # (1|16) x 8,192 and 16 x 100,277 scores, temperature 0.8
+    python benchmarks/sampling_speed.py            # (1|4|16) x 8,192 and (1|16) x 100,277 scores, temperature 0.8
     python benchmarks/sampling_speed.py --quick    # fewer repeats
 
-- baseline: the draw before (natural-log scores and `exp`), written out below;
-- PsyDuck: `psyduck.generate.sampling.sample_next` (scores in bits and `exp2`);
-both then invert one running sum over the vocabulary with `searchsorted`. Both get the same logits
-and the same uniform numbers and pick the same tokens but for rounding at a boundary (counted,
-before the clock).
+- baseline: the draw before (natural-log scores and `exp`), written out below: it inverts one
+  running sum over the vocabulary with `searchsorted`;
+- PsyDuck: `psyduck.generate.sampling.sample_next` (scores in bits and `exp2`; from BLOCKED_MIN
+  weights on, 16 x 8,192 and up, the two-level search `draw_blocked` instead of one running sum).
+Both get the same logits and the same uniform numbers and pick the same tokens but for rounding at
+a boundary (counted, before the clock).
 The sides take turns call by call; each shape reports the median microseconds per call and the ratio.
 A 16-row step of the server samples 16 x 8,192 scores (docs/performance.md, serving).
 """
@@ -44,7 +45,7 @@ def main() -> None:
     repeats = 200 if args.quick else 2000
     g = torch.Generator().manual_seed(0)
     shapes = {}
-    for rows, vocab in [(1, 8192), (16, 8192), (16, 100_277)]:
+    for rows, vocab in [(1, 8192), (4, 8192), (16, 8192), (1, 100_277), (16, 100_277)]:
         logits = (torch.randn(rows, vocab, generator=g) * 3).to(device)  # peaked like a trained model's
         uniforms = [torch.rand(rows, 1, generator=g).to(device) for _ in range(repeats)]
         differ = sum(

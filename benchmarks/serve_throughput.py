@@ -17,9 +17,12 @@ over the wall time from the first request to the last token) and the p50/p95 tim
 `scaling_vs_1` each count's over 1 client's.
 Both servers stream with `--stream-interval` (default: `psyduck serve`'s; 0 sends one event per
 token). Each round's clients are made, connected and warmed up before its clock starts, then
-released together; the counts take turns, `--rounds` times (default 5), and each reports its
-median round; `scaling_vs_1_paired` is the median of each round's tokens/s over the 1-client round
-just before it (a round lasts about a second: pairing takes the host's slow spells out).
+released together; the counts take turns, `--rounds` times (default 9), and each reports its
+median round. `scaling_vs_1_paired` is the median over rounds of each round's tokens/s over the
+1-client rounds on either side of it (their geometric mean; one more 1-client round closes the
+series): a round lasts about a second and this host's speed drifts between rounds (one-client
+rounds moved 306-527 tokens/s within one run), which bracketing takes out whichever way it goes.
+`scaling_vs_1_before` pairs with the round before only (this benchmark's figure until 2026-12-04).
 
 The clients share the two cores with the server, and the `openai` package spends CPU on every
 chunk it parses. `client_ceiling` measures that alone: the same clients against a stand-in server
@@ -230,7 +233,7 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=600, help="seconds one client may take")
     p.add_argument("--stream-interval", type=float, default=None, metavar="SECONDS",
                    help="the servers' --stream-interval (default: psyduck serve's)")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per count of clients; the median one is reported (default 5)")
+    p.add_argument("--rounds", type=int, default=9, help="rounds per count of clients; the median one is reported (default 9)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--batching", default="on", help=argparse.SUPPRESS)
@@ -257,11 +260,15 @@ def main() -> None:
             for _ in range(args.rounds):  # the counts take turns, so a slow spell of the host falls on all
                 for n in CLIENTS:
                     rounds[n].append(measure(port, n, tokens, args.timeout))
+            ones = [r["tokens_per_s"] for r in rounds[1]] + [measure(port, 1, tokens, args.timeout)["tokens_per_s"]]
             sides[batching] = [median_round(rounds[n]) for n in CLIENTS]
             for row, n in zip(sides[batching], CLIENTS, strict=True):
-                paired = [r["tokens_per_s"] / one["tokens_per_s"] for r, one in zip(rounds[n], rounds[1], strict=True)]
-                row["scaling_vs_1_by_round"] = [round(x, 2) for x in paired]
-                row["scaling_vs_1_paired"] = round(statistics.median(paired), 2)
+                speeds = [r["tokens_per_s"] for r in rounds[n]]
+                bracketed = [x / (a * b) ** 0.5 for x, a, b in zip(speeds, ones, ones[1:])]
+                row["scaling_vs_1_by_round"] = [round(x, 2) for x in bracketed]
+                row["scaling_vs_1_paired"] = round(statistics.median(bracketed), 2)
+                row["scaling_vs_1_before"] = round(statistics.median(x / a for x, a in zip(speeds, ones)), 2)
+            sides[batching][0]["closing_round_tokens_per_s"] = ones[-1]
         finally:
             proc.terminate()
             proc.wait(30)

@@ -9,7 +9,8 @@
   distribution within 0.005 total variation of float32's, and every log-probability above 1e-4
   within 0.02; a step that overflows float16 is redone exactly.
 - `sample_from`: inverse-CDF sampling must draw exactly the given distribution: never a token of
-  probability 0, and frequencies that match the probabilities.
+  probability 0, and frequencies that match the probabilities; so must its two-level search
+  (`draw_blocked`, for large inputs), which picks the one running sum's token but at rounding ties.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from psyduck import GPT, ModelConfig
 from psyduck.generate import DecodeWeights, generate, stream
 from psyduck.generate.decode_weights import HALF_MIN, PACKED_MIN, HalfLinear, PackedLinear, TransposedLinear, transposed
-from psyduck.generate.sampling import sample_from
+from psyduck.generate.sampling import BLOCK, BLOCKED_MIN, draw_blocked, invert_cdf, sample_from
 
 
 def small_model(**kw) -> GPT:  # noqa: ANN003
@@ -184,6 +185,47 @@ def test_sampling_never_draws_a_token_of_probability_zero(v, zeros, seed):
     probs[:, 0] = 0.0  # a leading zero: a uniform draw of exactly 0 must not pick it
     draws = torch.stack([sample_from(probs, g) for _ in range(50)])  # (50, 4)
     assert bool((probs.gather(1, draws.t()) > 0).all())
+
+
+@given(v=st.integers(1, 3 * BLOCK + 5), zeros=st.floats(0.0, 0.99), zero_block=st.booleans(), seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_the_two_level_draw_never_picks_a_token_of_probability_zero(v, zeros, zero_block, seed):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.rand(6, v, generator=g)
+    probs[torch.rand(6, v, generator=g) < zeros] = 0.0
+    if zero_block:
+        probs[:, :BLOCK] = 0.0  # a whole block of nothing: u can never stop in it
+    probs[:, v - 1] += 1e-3  # every row keeps a token (the ragged last block's last one, often)
+    probs[:, 0] = 0.0 if v > 1 else probs[:, 0]
+    for _ in range(30):
+        picked = draw_blocked(probs, g)
+        assert bool((probs.gather(1, picked[:, None]) > 0).all())
+        assert int(picked.max()) < v
+
+
+def test_the_two_level_draw_is_the_running_sums_draw():
+    """Same uniforms, same weights: the same token as one running sum over the vocabulary, but
+    where u falls within rounding of a boundary (the sums are added in another order)."""
+    g = torch.Generator().manual_seed(0)
+    for vocab in (8192, 1000, 100_277):  # whole blocks, ragged ones
+        weights = torch.exp2(torch.randn(16, vocab, generator=g) * 4)
+        agree = 0
+        for _ in range(20):
+            uniform = torch.rand(16, 1, generator=g)
+            agree += int((draw_blocked(weights, uniform=uniform) == invert_cdf(weights.cumsum(-1), uniform=uniform)).sum())
+        assert agree >= 0.98 * 320, (vocab, agree)
+    assert BLOCKED_MIN <= 16 * 8192  # a 16-row server step of an 8,192-token vocabulary takes it
+
+
+def test_the_two_level_draws_frequencies_match_the_probabilities():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.zeros(2 * BLOCK + 3)
+    probs[[0, 5, BLOCK - 1, BLOCK, 2 * BLOCK + 2]] = torch.tensor([0.4, 0.1, 0.2, 0.25, 0.05])
+    n = 20_000
+    draws = draw_blocked(probs.expand(n, -1), g)
+    freq = torch.bincount(draws, minlength=probs.numel()).double() / n
+    tol = 5 * torch.sqrt(probs.double() * (1 - probs.double()) / n)
+    assert bool(((freq - probs.double()).abs() <= tol + 1e-12).all()), freq[probs > 0]
 
 
 def test_sampling_frequencies_match_the_probabilities():

@@ -6,6 +6,11 @@ The model gives a score (logit) for every token of the vocabulary; sampling turn
 - top-k keeps only the k most likely tokens;
 - top-p (nucleus sampling, Holtzman et al. 2019, https://arxiv.org/abs/1904.09751) keeps the
   smallest set of most likely tokens whose probabilities add up to at least p.
+
+The draw itself inverts the running sum of the weights. For many rows of a wide vocabulary (a
+server's 16-row step, any vocabulary of 100k tokens) it searches in two levels instead: the totals
+of blocks of BLOCK tokens, then the running sum inside the one block u falls in, so the sequential
+full-width running sum (~1 ns a weight on a CPU) is not paid (docs/performance.md, "Sampling").
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import torch.nn.functional as F
 from psyduck.generate.params import MIN_TEMPERATURE, MIN_TOP_P
 
 LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+BLOCK = 128  # tokens per block of the two-level draw
+BLOCKED_MIN = 1 << 17  # weights (rows x vocabulary) from which the two-level draw is used: below,
+# one running sum costs less than its ~15 small operations (16 x 8,192 is the first size it wins at)
 
 
 def sample_next(
@@ -49,6 +57,8 @@ def sample_next(
         bits = torch.full_like(bits, float("-inf")).scatter_(-1, order, sorted_bits.masked_fill_(drop, float("-inf")))
     # softmax without the division: the draw below scales by each row's total
     weights = bits.sub_(bits.amax(dim=-1, keepdim=True)).exp2_()
+    if weights.numel() >= BLOCKED_MIN:
+        return draw_blocked(weights, generator, uniform)
     return invert_cdf(weights.cumsum_(dim=-1), generator, uniform)
 
 
@@ -66,8 +76,12 @@ def sample_from(
     the token is the first whose running sum reaches u, so token i is drawn with probability
     probs[i] / total, and a token of probability 0 never (its running sum equals the previous one).
     Same distribution as `torch.multinomial`, which on CPUs draws and sorts and is many times slower
-    for a vocabulary-wide row (docs/performance.md).
+    for a vocabulary-wide row (docs/performance.md). Large inputs take `draw_blocked`: the same
+    draw, its sums taken in another order (the same token but where u falls within rounding of a
+    boundary).
     """
+    if probs.numel() >= BLOCKED_MIN:
+        return draw_blocked(probs, generator, uniform)
     return invert_cdf(probs.cumsum(dim=-1), generator, uniform)
 
 
@@ -76,3 +90,32 @@ def invert_cdf(cdf: torch.Tensor, generator: torch.Generator | None = None, unif
     uniform = draw_uniforms(cdf.shape[0], generator, cdf.device) if uniform is None else uniform
     u = (1.0 - uniform) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(-1)
+
+
+def draw_blocked(weights: torch.Tensor, generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """`sample_from`'s draw in two levels (weights (B, V) non-negative, left unchanged): the first
+    block of BLOCK tokens whose running total reaches u, then the first token inside it whose
+    running sum reaches what is left of u.
+
+    Never a token of weight 0: u exceeds the totals before its block, so what is left is positive
+    and a token that adds nothing never reaches it first; rounding can leave it above the block's
+    own running sum, so it is capped there (the block's last token of positive weight). A last,
+    shorter block (V not a multiple of BLOCK) is read as if padded with zeros."""
+    uniform = draw_uniforms(weights.shape[0], generator, weights.device) if uniform is None else uniform
+    rows, vocab = weights.shape
+    full = vocab // BLOCK
+    sums = weights[:, : full * BLOCK].view(rows, full, BLOCK).sum(-1)  # (B, blocks)
+    if full * BLOCK < vocab:
+        sums = torch.cat([sums, weights[:, full * BLOCK :].sum(-1, keepdim=True)], dim=1)
+    totals = sums.cumsum_(dim=-1)
+    u = (1.0 - uniform) * totals[:, -1:]  # (B, 1) in (0, total]
+    block = torch.searchsorted(totals, u).clamp_(max=totals.shape[1] - 1)  # the clamp only guards against NaN
+    before = F.pad(totals, (1, 0)).gather(1, block)  # the totals of the blocks before it (< u)
+    index = block * BLOCK + torch.arange(BLOCK, device=weights.device)  # (B, BLOCK) its tokens
+    if full * BLOCK < vocab:
+        inside = weights.gather(1, index.clamp(max=vocab - 1)).masked_fill_(index >= vocab, 0.0)
+    else:
+        inside = weights.gather(1, index)
+    running = inside.cumsum_(dim=-1)
+    left = torch.minimum(u - before, running[:, -1:])
+    return index.gather(1, torch.searchsorted(running, left).clamp_(max=BLOCK - 1)).squeeze(-1)

@@ -166,6 +166,7 @@ class Batch:
         self.cache = RowCache(cfg.n_layer, cfg.kv_heads, cfg.block_size, cfg.head_size, self.device, dtype)
         self.rows: list[Row] = []  # rows[r] lives in cache row r
         self.jobs: list[Job] = []
+        self.decoded: torch.Tensor | None = None  # the last decode's logits, if every row's are its rows
 
     @property
     def empty(self) -> bool:
@@ -249,6 +250,7 @@ class Batch:
         """The job's n rows for prompt `p`, their cache copied from row `source` of a prefill."""
         context = list(prompt[-self.block_size :])
         params = job.params
+        self.decoded = None  # rows join: their logits are their prefill's
         for j, slot in enumerate(self.cache.put(cache, source, len(context), job.n)):
             text = TextStream(self.tok, params.stop, params.ignore_eos)
             row = Row(job, p * job.n + j, text, list(context), logits, slot)
@@ -262,7 +264,7 @@ class Batch:
             self.leave(job, list(job.live))
         if self.jobs:
             live = [r for job in self.jobs for r in job.live]
-            logits = torch.stack([r.logits for r in live])  # (B, V), job by job
+            logits = self.gathered(live)  # (B, V), job by job
             chosen = self.pick(logits)
             tokens = chosen.tolist()
             at = 0
@@ -275,6 +277,14 @@ class Batch:
                 self.leave(job, [r for r in job.live if r.text.finished])
         if self.rows:
             self.forward()
+
+    def gathered(self, live: list[Row]) -> torch.Tensor:
+        """The live rows' logits (B, V), job by job: the last decode's output itself when its rows
+        are those, in that order (the usual step: no copy of B x V scores), else stacked."""
+        decoded = self.decoded  # None since rows joined, left or rolled
+        if decoded is not None and decoded.shape[0] == len(live) and all(r.slot == i for i, r in enumerate(live)):
+            return decoded
+        return torch.stack([r.logits for r in live])
 
     def pick(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token (B,) of every live row (job by job): one `sample_next` call per set of
@@ -333,6 +343,7 @@ class Batch:
     def free(self, row: Row) -> None:
         """Give the row's cache row back; the last row moves into it (rows stay packed)."""
         moved = self.cache.remove(row.slot)
+        self.decoded = None  # rows move
         last = self.rows.pop()
         if moved is not None:
             last.slot = row.slot
@@ -342,6 +353,7 @@ class Batch:
         """Every row's newest token through the model at once (rows with a full window: rolled first)."""
         lengths = self.cache.length.tolist()  # one read (one device sync on a GPU), not one per row
         full = [r for r in self.rows if lengths[r.slot] == self.block_size]
+        self.decoded = None
         if full:
             self.roll(full)
             if len(full) == len(self.rows):
@@ -354,6 +366,8 @@ class Batch:
                 self.cache.lengths[row.slot] = len(row.context)
             else:
                 row.logits = logits[row.slot]
+        if not rolled:
+            self.decoded = logits
 
     def roll(self, rows: list[Row]) -> None:
         """Rows whose window is full keep its newest half, prefilled again together (as the generation loop does)."""
