@@ -8,7 +8,7 @@ The model gives a score (logit) for every token of the vocabulary; sampling turn
   smallest set of most likely tokens whose probabilities add up to at least p.
 
 The draw itself inverts the running sum of the weights. For many rows of a wide vocabulary (a
-server's 16-row step, any vocabulary of 100k tokens) it searches in two levels instead: the totals
+server's 16-row step, two rows or more of a 100k vocabulary) it searches in two levels: the totals
 of blocks of BLOCK tokens, then the running sum inside the one block u falls in, so the sequential
 full-width running sum (~1 ns a weight on a CPU) is not paid (docs/performance.md, "Sampling").
 """
