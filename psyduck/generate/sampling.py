@@ -104,15 +104,16 @@ def draw_blocked(weights: torch.Tensor, generator: torch.Generator | None = None
     uniform = draw_uniforms(weights.shape[0], generator, weights.device) if uniform is None else uniform
     rows, vocab = weights.shape
     full = vocab // BLOCK
+    ragged = full * BLOCK < vocab  # a last, shorter block
     sums = weights[:, : full * BLOCK].view(rows, full, BLOCK).sum(-1)  # (B, blocks)
-    if full * BLOCK < vocab:
+    if ragged:
         sums = torch.cat([sums, weights[:, full * BLOCK :].sum(-1, keepdim=True)], dim=1)
     totals = sums.cumsum_(dim=-1)
     u = (1.0 - uniform) * totals[:, -1:]  # (B, 1) in (0, total]
     block = torch.searchsorted(totals, u).clamp_(max=totals.shape[1] - 1)  # the clamp only guards against NaN
     before = F.pad(totals, (1, 0)).gather(1, block)  # the totals of the blocks before it (< u)
     index = block * BLOCK + torch.arange(BLOCK, device=weights.device)  # (B, BLOCK) its tokens
-    if full * BLOCK < vocab:
+    if ragged:
         inside = weights.gather(1, index.clamp(max=vocab - 1)).masked_fill_(index >= vocab, 0.0)
     else:
         inside = weights.gather(1, index)
